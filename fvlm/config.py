@@ -1,0 +1,431 @@
+"""Experiment configuration: one dataclass tree, a YAML base, dotted overrides, strict validation.
+
+    cfg = load_config("configs/base.yaml", ["model.scale=3", "model.deep_query=false"])
+
+Every field has a default and a one-line comment. Size fields default to ``None`` and are derived from the
+single dial ``model.scale`` (CPU tiers) or a named real tier (``model.tier=135M``) by :func:`resolve`; an
+explicit value always wins over the dial, so ablations can move one size knob at a time. Unknown keys,
+wrong types and out-of-range values raise :class:`ConfigError` with a one-line message naming the field
+(and the closest valid keys), which the CLIs turn into exit code 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A bad configuration: the message is one line that names the field and the fix."""
+
+
+@dataclass
+class CompassConfig:
+    why: str = ""  # the hypothesis this experiment tests (research playbook 1.1)
+    what: str = ""  # the one thing it changes
+    how: str = ""  # the metric that decides, fixed before the run
+
+
+@dataclass
+class WorldConfig:
+    frames: int = 6  # T frames per clip
+    frame_size: int = 32  # H = W in pixels
+    sprite_size: int = 8  # target sprite side in pixels
+    distractors: int = 3  # number of distractor sprites
+    distractor_style: str = "gray"  # gray (only the target is coloured) | colored (same palette; told apart by motion)
+    noise: float = 0.02  # std of pixel noise
+    speed: float = 3.0  # target speed in pixels per frame
+    turn_prob: float = 0.5  # chance the target turns once, at mid-clip, to a perpendicular direction
+    clutter: float = 0.1  # amplitude of the per-clip low-frequency background texture (0 = flat)
+    val_size: int = 512  # fixed held-out set size
+    val_seed: int = 12345  # seed of the held-out stream (disjoint from training)
+
+
+@dataclass
+class ModelConfig:
+    scale: int = 2  # THE dial: derives every size, the LR and the batch (CPU tiers, configs/tiers.yaml)
+    tier: str = ""  # a named real tier from configs/tiers.yaml (135M, 360M, 1.7B, ...); overrides scale
+    # --- sizes (None = from the dial) ---
+    dino_hidden: int | None = None  # DINOv2 width
+    dino_layers: int | None = None  # DINOv2 depth (built)
+    dino_heads: int | None = None  # DINOv2 attention heads
+    dino_intermediate: int | None = None  # DINOv2 MLP width
+    patch_size: int | None = None  # DINOv2 patch side in pixels
+    llm_hidden: int | None = None  # Llama width
+    llm_layers: int | None = None  # Llama depth
+    llm_heads: int | None = None  # Llama attention heads
+    llm_kv_heads: int | None = None  # Llama key/value heads (GQA)
+    llm_intermediate: int | None = None  # Llama SwiGLU width
+    query_dim: int | None = None  # width of the query vectors (default: DINO width)
+    # --- foveation knobs (every one is an ablation; each must change the forward output) ---
+    deep_query: bool = True  # query walks every DINO layer (true) or one cross-attention on final features
+    layers_used: int | None = None  # DINO layers the patches and the query use (first k; None = all)
+    query_bias: bool = False  # bias on query_input_proj (upstream BUG-002: a bias swamps the query)
+    query_init_std: float = 1.0  # init std of q_static / q_init (upstream BUG-001: 0.02 kills foveation)
+    fine_iters: int = 1  # fine passes; each takes its queries from the previous pass's LLM states
+    mode: str = "coarse_fine"  # training mode: coarse_fine (foveated) | coarse_only (static query arm)
+    lambda_coarse: float = 0.5  # weight of the coarse caption loss (trains the static read; makes loss_ratio live)
+    fine_read: str = "same"  # fine pass reads the same patch grid (same) or a 2x finer one (hires)
+    pos_code: bool = True  # add a 2D sin-cos code of where the query looked to its token (motion needs it)
+    query_source: str = "llm"  # fine queries from the LLM (llm) | aimed at the true target (oracle) | random
+    visual_scale: float | None = None  # multiplier on projected visual tokens (None = LLM embedding std at init)
+    # --- objectives ---
+    objective: str = "caption"  # caption (text CE) | reconstruct (next-frame VAE latents, MSE) | joint
+    recon_weight: float = 0.5  # weight of the reconstruction loss in joint
+    head_hidden: int = 32  # prediction-head capacity (conv channels of the FiLM head)
+    # --- training-time structure ---
+    freeze_dino: bool = False  # no gradients into the DINOv2 backbone
+    freeze_llm: bool = False  # no gradients into the Llama backbone
+    gradient_checkpointing: bool = False  # HF checkpointing on the LLM (last rung of the OOM ladder turns it on)
+    # --- pretrained weights (real path): local folder or hub id; empty = random init from the dial ---
+    llm_path: str = ""  # LlamaForCausalLM (e.g. HuggingFaceTB/SmolLM2-135M-Instruct)
+    dino_path: str = ""  # Dinov2Model (e.g. facebook/dinov2-small)
+    vae_path: str = ""  # diffusers AutoencoderKL (e.g. stabilityai/sd-vae-ft-mse); tiny seeded VAE if empty
+    tokenizer_path: str = ""  # tokenizer folder; default: the world's offline WordLevel tokenizer
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0  # init + data order; arms with the same seed see the same data (paired seeds)
+    samples: int = 0  # training samples; 0 = from budget_flops, else from steps
+    steps: int = 0  # optimizer steps, used when samples and budget_flops are 0
+    budget_flops: float = 0.0  # training compute budget; samples = budget / flops_per_sample
+    data_size: int = 0  # finite dataset size (0 = infinite procedural stream); runs never exceed one epoch
+    batch_size: int | None = None  # effective batch in samples (None = from the dial)
+    micro_batch: int | None = None  # samples per forward pass (None = batch_size); OOM ladder halves it
+    lr: float | None = None  # backbone (DINO, LLM) peak LR (None = dial: 1/sqrt(width) transfer)
+    connector_lr_ratio: float | None = None  # connector LR / backbone LR (None = from the tier)
+    schedule: str = "constant"  # constant | wsd | cosine (constant/WSD keep intermediate evals valid)
+    warmup_ratio: float = 0.05  # linear warmup share of the steps, from LR 0
+    decay_ratio: float = 0.2  # WSD: share of the steps spent decaying at the end
+    min_lr_ratio: float = 0.1  # end LR of cosine / WSD as a share of the peak
+    weight_decay: float = 0.01  # AdamW weight decay
+    max_grad_norm: float = 1.0  # clipping; the logged grad_norm is the pre-clip norm
+    eval_points: int = 8  # evaluations per run (plus step 0); spaced by eval_spacing
+    eval_spacing: str = "log"  # log (dense early, for L(D) curves) | linear
+    eval_samples: int = 256  # held-out clips per evaluation (at most world.val_size)
+    device: str = "auto"  # auto | cpu | cuda
+    dtype: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | float32 | bfloat16
+    threads: int = 0  # torch CPU threads (0 = leave torch's default)
+    compile: bool = False  # torch.compile the model (state dicts are saved without the _orig_mod prefix)
+    keep_last: int = 2  # checkpoints kept besides the best
+    inject_oom_steps: list[int] = field(default_factory=list)  # fault injection: raise a CUDA OOM at these steps
+
+
+@dataclass
+class RunConfig:
+    name: str = "fvlm"  # run name (console, checkpoints)
+    out_dir: str = "runs/train"  # checkpoints and summary go to <out_dir>/<name>/
+    log_every: int = 1  # console line every k optimizer steps
+
+
+@dataclass
+class Config:
+    compass: CompassConfig = field(default_factory=CompassConfig)
+    world: WorldConfig = field(default_factory=WorldConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+CHOICES = {
+    "world.distractor_style": ("gray", "colored"),
+    "model.mode": ("coarse_fine", "coarse_only"),
+    "model.fine_read": ("same", "hires"),
+    "model.query_source": ("llm", "oracle", "random"),
+    "model.objective": ("caption", "reconstruct", "joint"),
+    "train.schedule": ("constant", "wsd", "cosine"),
+    "train.eval_spacing": ("log", "linear"),
+    "train.device": ("auto", "cpu", "cuda"),
+    "train.dtype": ("auto", "float32", "bfloat16"),
+}
+
+
+# ----------------------------------------------------------------------------- dict <-> dataclass
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _all_keys() -> list[str]:
+    return list(flatten(to_dict(Config())).keys())
+
+
+def _coerce(key: str, value: Any, typ: Any) -> Any:
+    """Check (and gently coerce) a value against a field's annotation; raise ConfigError naming the field."""
+    origin = typing.get_origin(typ)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(typ)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(key, value, inner[0])
+    if origin is list:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item,) = typing.get_args(typ)
+        return [_coerce(key, v, item) for v in value]
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) != int(value):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return int(value)
+    if typ is float:
+        if isinstance(value, str):  # YAML reads 1e12 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if typ is str:
+        if not isinstance(value, str):
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return str(value)
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _unknown_key_error(key: str) -> ConfigError:
+    close = difflib.get_close_matches(key, _all_keys(), n=3, cutoff=0.5)
+    if not close:  # a wrong section with a right leaf: search by the leaf
+        leaf = key.rsplit(".", 1)[-1]
+        close = [k for k in _all_keys() if k.rsplit(".", 1)[-1] == leaf][:3]
+    hint = f"; did you mean {', '.join(close)}?" if close else "; see configs/base.yaml for the valid keys"
+    return ConfigError(f"unknown config key '{key}'{hint}")
+
+
+def set_dotted(cfg: Config, key: str, value: Any) -> None:
+    parts = key.split(".")
+    obj: Any = cfg
+    for p in parts[:-1]:
+        if not dataclasses.is_dataclass(obj) or p not in {f.name for f in dataclasses.fields(obj)}:
+            raise _unknown_key_error(key)
+        obj = getattr(obj, p)
+    leaf = parts[-1]
+    if not dataclasses.is_dataclass(obj) or leaf not in {f.name for f in dataclasses.fields(obj)}:
+        raise _unknown_key_error(key)
+    cur = getattr(obj, leaf)
+    if dataclasses.is_dataclass(cur):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of fields, got {value!r}")
+        for k, v in value.items():
+            set_dotted(cfg, f"{key}.{k}", v)
+        return
+    setattr(obj, leaf, _coerce(key, value, _field_types(type(obj))[leaf]))
+
+
+def from_dict(d: dict, base: Config | None = None) -> Config:
+    cfg = base if base is not None else Config()
+    for key, value in flatten(d).items() if d else []:
+        set_dotted(cfg, key, value)
+    return cfg
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' is not key=value (e.g. model.deep_query=false)")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> Config:
+    """YAML base (or the defaults) + dotted overrides -> a validated, resolved Config."""
+    cfg = Config()
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p} (try configs/base.yaml)")
+        with open(p) as f:
+            data = yaml.safe_load(f) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: expected a mapping at the top level")
+        from_dict(data, cfg)
+    if isinstance(overrides, dict):
+        for k, v in overrides.items():
+            set_dotted(cfg, k, v)
+    else:
+        for item in overrides or []:
+            set_dotted(cfg, *parse_override(item))
+    return resolve(cfg)
+
+
+# ----------------------------------------------------------------------------- the dial
+
+
+def load_tiers(path: str | Path | None = None) -> dict:
+    with open(path or CONFIG_DIR / "tiers.yaml") as f:
+        return yaml.safe_load(f)
+
+
+def cpu_tier(scale: int, rule: dict) -> dict:
+    """Sizes, LR and batch of CPU tier `scale` (the rule's constants live in configs/tiers.yaml)."""
+    width = rule["width_per_scale"] * scale
+    head_dim = rule["head_dim"]
+    heads = max(2, width // head_dim)
+    base_width = rule["width_per_scale"] * rule["base_scale"]
+    return {
+        "dino_hidden": width,
+        "dino_layers": rule["dino_layers_base"] + (scale - 1) // 2,
+        "dino_heads": heads,
+        "dino_intermediate": rule["mlp_ratio"] * width,
+        "patch_size": rule["patch_size"],
+        "llm_hidden": width,
+        "llm_layers": rule["llm_layers_base"] + scale,
+        "llm_heads": heads,
+        "llm_kv_heads": max(1, heads // 2),
+        "llm_intermediate": int(rule["llm_ffn_ratio"] * width) // 8 * 8,
+        # muP-style transfer: LR ~ 1/sqrt(width), anchored at the base tier (upstream used the same rule)
+        "lr": rule["base_lr"] * math.sqrt(base_width / width),
+        "connector_lr_ratio": rule["connector_lr_ratio"],
+        "batch_size": rule["batch_size"],
+        "micro_batch": rule["batch_size"],
+    }
+
+
+def tier_values(m: ModelConfig, tiers: dict | None = None) -> tuple[str, dict]:
+    tiers = tiers or load_tiers()
+    if m.tier:
+        real = tiers["real"]
+        if m.tier not in real:
+            raise ConfigError(f"model.tier: unknown tier '{m.tier}'; valid: {', '.join(real)} (or set model.scale)")
+        return m.tier, dict(real[m.tier])
+    if not 1 <= m.scale <= tiers["cpu"]["max_scale"]:
+        raise ConfigError(f"model.scale: {m.scale} is out of range 1..{tiers['cpu']['max_scale']}")
+    return f"s{m.scale}", cpu_tier(m.scale, tiers["cpu"])
+
+
+def resolve(cfg: Config) -> Config:
+    """Fill every None size from the dial, then validate ranges. Idempotent."""
+    cfg = dataclasses.replace(
+        cfg,
+        model=dataclasses.replace(cfg.model),
+        train=dataclasses.replace(cfg.train),
+        world=dataclasses.replace(cfg.world),
+    )
+    _, values = tier_values(cfg.model)
+    for section in (cfg.model, cfg.train, cfg.world):
+        for f in dataclasses.fields(section):
+            if f.name in values and getattr(section, f.name) is None:
+                setattr(section, f.name, values[f.name])
+    # a real tier also fixes the world geometry and the weights to load, unless overridden
+    for key in ("frame_size",):
+        if key in values and cfg.world.frame_size == WorldConfig().frame_size:
+            cfg.world.frame_size = values[key]
+    for key in ("llm_path", "dino_path", "vae_path"):
+        if values.get(key) and not getattr(cfg.model, key):
+            setattr(cfg.model, key, values[key])
+    if cfg.model.query_dim is None:
+        cfg.model.query_dim = cfg.model.dino_hidden
+    if cfg.train.micro_batch is None:
+        cfg.train.micro_batch = cfg.train.batch_size
+    validate(cfg)
+    return cfg
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+def validate(cfg: Config) -> None:
+    flat = flatten(to_dict(cfg))
+    for key, allowed in CHOICES.items():
+        _check(flat[key] in allowed, f"{key}: '{flat[key]}' is not one of {', '.join(allowed)}")
+    m, t, w = cfg.model, cfg.train, cfg.world
+    for key in ("dino_hidden", "dino_layers", "dino_heads", "llm_hidden", "llm_layers", "llm_heads", "query_dim"):
+        _check(getattr(m, key) >= 1, f"model.{key}: must be >= 1")
+    _check(m.dino_hidden % m.dino_heads == 0, "model.dino_hidden: must be divisible by model.dino_heads")
+    _check(m.dino_intermediate % m.dino_hidden == 0, "model.dino_intermediate: must be a multiple of model.dino_hidden")
+    _check(m.llm_hidden % m.llm_heads == 0, "model.llm_hidden: must be divisible by model.llm_heads")
+    _check(m.llm_heads % m.llm_kv_heads == 0, "model.llm_kv_heads: must divide model.llm_heads")
+    _check(1 <= m.fine_iters <= 3, "model.fine_iters: must be 1, 2 or 3")
+    _check(m.layers_used is None or 1 <= m.layers_used <= m.dino_layers,
+           f"model.layers_used: must be in 1..{m.dino_layers} (model.dino_layers)")
+    _check(m.query_init_std > 0, "model.query_init_std: must be > 0")
+    _check(m.lambda_coarse >= 0, "model.lambda_coarse: must be >= 0")
+    _check(m.head_hidden >= 1, "model.head_hidden: must be >= 1")
+    _check(not (m.mode == "coarse_only" and m.fine_read == "hires"),
+           "model.fine_read=hires needs model.mode=coarse_fine (coarse_only has no fine pass)")
+    _check(w.frame_size % m.patch_size == 0,
+           f"world.frame_size: {w.frame_size} is not a multiple of model.patch_size {m.patch_size}")
+    _check(w.frames >= 2, "world.frames: must be >= 2")
+    _check(0 < w.sprite_size < w.frame_size, "world.sprite_size: must be in 1..frame_size-1")
+    _check(w.val_size >= 1, "world.val_size: must be >= 1")
+    _check(t.batch_size >= 1, "train.batch_size: must be >= 1")
+    _check(1 <= t.micro_batch <= t.batch_size and t.batch_size % t.micro_batch == 0,
+           "train.micro_batch: must divide train.batch_size")
+    _check(t.lr > 0, "train.lr: must be > 0")
+    _check(t.connector_lr_ratio > 0, "train.connector_lr_ratio: must be > 0")
+    _check(0 <= t.warmup_ratio < 1, "train.warmup_ratio: must be in [0, 1)")
+    _check(0 <= t.decay_ratio <= 1 - t.warmup_ratio, "train.decay_ratio: must be in [0, 1 - warmup_ratio]")
+    _check(0 <= t.min_lr_ratio <= 1, "train.min_lr_ratio: must be in [0, 1]")
+    _check(t.samples >= 0 and t.steps >= 0 and t.budget_flops >= 0, "train.samples/steps/budget_flops: must be >= 0")
+    _check(t.eval_points >= 1, "train.eval_points: must be >= 1")
+    _check(1 <= t.eval_samples, "train.eval_samples: must be >= 1")
+    _check(t.keep_last >= 1, "train.keep_last: must be >= 1")
+    if t.data_size:
+        _check(t.samples <= t.data_size,
+               f"train.samples: {t.samples} exceeds train.data_size {t.data_size} (more than one epoch; upstream's "
+               "7.5 epochs memorised captions) - lower train.samples or raise train.data_size")
+
+
+def config_hash(cfg: Config) -> str:
+    """Identity of an experiment cell: everything except run naming and the compass text."""
+    d = to_dict(cfg)
+    d.pop("run", None)
+    d.pop("compass", None)
+    d["train"].pop("inject_oom_steps", None)
+    blob = json.dumps(d, sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def describe(cfg: Config) -> str:
+    """The derived values, printed at start-up."""
+    m, t = cfg.model, cfg.train
+    tier, _ = tier_values(m)
+    return (
+        f"tier {tier} | dino {m.dino_hidden}x{m.dino_layers} ({m.dino_heads} heads, patch {m.patch_size}) | "
+        f"llm {m.llm_hidden}x{m.llm_layers} ({m.llm_heads}/{m.llm_kv_heads} heads) | query_dim {m.query_dim} | "
+        f"lr {t.lr:.3g} (connector x{t.connector_lr_ratio:g}) | batch {t.batch_size} (micro {t.micro_batch}) | "
+        f"{m.mode} {m.objective} deep={m.deep_query} fine_iters={m.fine_iters} fine_read={m.fine_read}"
+    )

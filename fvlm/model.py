@@ -1,0 +1,372 @@
+"""FoveatedVLM: every frame becomes ONE visual token; the LLM decides where the next frame is read.
+
+Training (``coarse_fine``, two parallel passes; shared/reference/fvlm-upstream.md 2.7):
+  1. DINOv2 encodes every frame once and caches each layer's K/V (fvlm/encoder.py).
+  2. coarse read: the learned static query ``q_static`` reads every frame -> coarse tokens.
+  3. the LLM runs over the coarse tokens; ``llm_to_query`` maps its hidden state at frame t to the
+     query for frame t+1.
+  4. fine read: ``[q_init, q_1 .. q_{T-1}]`` re-read the frames (``fine_iters`` times, each iteration
+     taking its queries from the previous fine pass) -> fine tokens.
+  5. the LLM runs over ``[fine tokens, caption]``: next-token CE on the caption (-100 ignore index),
+     and/or next-frame latent prediction of a frozen diffusers AutoencoderKL (``objective``).
+``coarse_only`` reads every frame with ``q_static`` and runs one LLM pass (the static arm).
+``autoregressive`` is true inference: frame by frame with the LLM's KV cache.
+
+All modes score the same caption targets (the first caption token after <bos> onwards), so their losses
+compare directly (upstream's coarse_only scored one extra target; we do not copy that).
+``loss_ratio = loss_fine / loss_coarse`` (< 1 means foveation helps); loss_coarse comes from the same
+LLM over the coarse tokens, trained when ``lambda_coarse > 0``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fvlm.config import ModelConfig, WorldConfig
+from fvlm.encoder import FoveatedEncoder, PatchCache, attention_entropy, attention_on_target
+
+MODES = ("coarse_fine", "coarse_only", "autoregressive")
+
+
+# ----------------------------------------------------------------------------- building blocks
+
+
+def build_dino(m: ModelConfig, frame_size: int) -> nn.Module:
+    from transformers import Dinov2Config, Dinov2Model
+
+    if m.dino_path:
+        return Dinov2Model.from_pretrained(m.dino_path, attn_implementation="sdpa")
+    cfg = Dinov2Config(
+        hidden_size=m.dino_hidden,
+        num_hidden_layers=m.dino_layers,
+        num_attention_heads=m.dino_heads,
+        mlp_ratio=m.dino_intermediate // m.dino_hidden,  # HF Dinov2Config takes an int ratio
+        image_size=frame_size,
+        patch_size=m.patch_size,
+        layerscale_value=1.0,
+        drop_path_rate=0.0,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    return Dinov2Model(cfg)
+
+
+def build_llm(m: ModelConfig, vocab_size: int, special_ids: dict[str, int]) -> nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if m.llm_path:
+        return LlamaForCausalLM.from_pretrained(m.llm_path, attn_implementation="sdpa")
+    cfg = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=m.llm_hidden,
+        intermediate_size=m.llm_intermediate,
+        num_hidden_layers=m.llm_layers,
+        num_attention_heads=m.llm_heads,
+        num_key_value_heads=m.llm_kv_heads,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        attn_implementation="sdpa",
+        **special_ids,
+    )
+    return LlamaForCausalLM(cfg)
+
+
+def build_vae(m: ModelConfig) -> nn.Module:
+    """Frozen AutoencoderKL: a real SD-VAE from a path, or a tiny one seeded from a fixed config."""
+    from diffusers import AutoencoderKL
+
+    if m.vae_path:
+        vae = AutoencoderKL.from_pretrained(m.vae_path)
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(1234)  # the default VAE is a fixed random feature map, the same in every run
+            vae = AutoencoderKL(
+                in_channels=3,
+                out_channels=3,
+                down_block_types=("DownEncoderBlock2D",) * 2,
+                up_block_types=("UpDecoderBlock2D",) * 2,
+                block_out_channels=(16, 32),
+                layers_per_block=1,
+                latent_channels=4,
+                norm_num_groups=8,
+            )
+    vae.requires_grad_(False)
+    return vae.eval()
+
+
+class PredictionHead(nn.Module):
+    """Next-frame latent predictor conditioned on an LLM state by FiLM (upstream 3.2, scaled down)."""
+
+    def __init__(self, llm_hidden: int, latent_channels: int, hidden: int) -> None:
+        super().__init__()
+        self.film = nn.Sequential(nn.Linear(llm_hidden, hidden), nn.GELU(), nn.Linear(hidden, 2 * hidden))
+        self.enc = nn.Sequential(nn.Conv2d(latent_channels, hidden, 3, padding=1), nn.GELU(),
+                                 nn.Conv2d(hidden, hidden, 3, padding=1))
+        self.dec = nn.Sequential(nn.GELU(), nn.Conv2d(hidden, hidden, 3, padding=1), nn.GELU(),
+                                 nn.Conv2d(hidden, latent_channels, 3, padding=1))
+
+    def forward(self, h: torch.Tensor, z_prev: torch.Tensor) -> torch.Tensor:
+        gamma, beta = self.film(h).chunk(2, dim=-1)  # [n, hidden] each
+        feat = self.enc(z_prev) * (1 + gamma[..., None, None]) + beta[..., None, None]
+        return self.dec(feat)
+
+
+@dataclass
+class Output:
+    loss: torch.Tensor  # the training objective of this mode
+    loss_fine: torch.Tensor | None = None
+    loss_coarse: torch.Tensor | None = None
+    caption_fine: torch.Tensor | None = None
+    caption_coarse: torch.Tensor | None = None
+    recon_fine: torch.Tensor | None = None
+    recon_coarse: torch.Tensor | None = None
+    logits: torch.Tensor | None = None  # caption logits of the scored pass [B, S, V] (position j predicts j+1)
+    attn_coarse: torch.Tensor | None = None  # [B, T, L, H, P]
+    attn_fine: torch.Tensor | None = None
+    stats: dict[str, float] = field(default_factory=dict)  # entropies and attention-on-target shares
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+class FoveatedVLM(nn.Module):
+    def __init__(self, m: ModelConfig, world: WorldConfig, vocab_size: int, special_ids: dict[str, int]) -> None:
+        super().__init__()
+        self.cfg = m
+        self.frame_size = world.frame_size
+        self.encoder = FoveatedEncoder(
+            build_dino(m, world.frame_size),
+            m.query_dim,
+            deep_query=m.deep_query,
+            query_bias=m.query_bias,
+            layers_used=m.layers_used,
+            pos_code=m.pos_code,
+            gradient_checkpointing=m.gradient_checkpointing,
+        )
+        self.llm = build_llm(m, vocab_size, special_ids)
+        d_vis, d_llm = self.encoder.hidden, self.llm.config.hidden_size
+        self.dino_to_llm = nn.Linear(d_vis, d_llm)
+        self.llm_to_query = nn.Linear(d_llm, m.query_dim)
+        self.q_static = nn.Parameter(torch.randn(1, m.query_dim) * m.query_init_std)
+        self.q_init = nn.Parameter(torch.randn(1, m.query_dim) * m.query_init_std)
+        # visual tokens enter the LLM at the scale of its own input embeddings (0.14 for trained SmolLM2,
+        # the init std for a random model), measured rather than hard-coded (upstream 9, caveat 1)
+        emb_std = float(self.llm.get_input_embeddings().weight.detach().float().std())
+        self.visual_scale = m.visual_scale if m.visual_scale is not None else emb_std
+        self.vae: nn.Module | None = None
+        self.head: PredictionHead | None = None
+        if m.objective in ("reconstruct", "joint"):
+            self.vae = build_vae(m)
+            self.head = PredictionHead(d_llm, self.vae.config.latent_channels, m.head_hidden)
+        if m.freeze_dino:
+            self.encoder.dino.requires_grad_(False)
+        if m.freeze_llm:
+            self.llm.requires_grad_(False)
+        if m.gradient_checkpointing:
+            self.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    # --- parameter groups (upstream's gotcha fixed: output_proj belongs to the connector) ---
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        groups: dict[str, list[nn.Parameter]] = {"connector": [], "dino": [], "llm": []}
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            if name.startswith("encoder.dino."):
+                groups["dino"].append(p)
+            elif name.startswith("llm."):
+                groups["llm"].append(p)
+            elif not name.startswith("vae."):
+                groups["connector"].append(p)
+        return groups
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Last rung of the OOM ladder: recompute activations in the backward pass."""
+        self.cfg.gradient_checkpointing = True
+        self.encoder.gradient_checkpointing = True
+        self.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    # --- pieces ---
+    def _project(self, z: torch.Tensor) -> torch.Tensor:
+        return self.dino_to_llm(z) * self.visual_scale
+
+    def _hidden(self, embeds: torch.Tensor) -> torch.Tensor:
+        return self.llm.model(inputs_embeds=embeds, use_cache=False).last_hidden_state
+
+    def _caption_loss(self, h_text: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor):
+        """Next-token CE over the caption: position j predicts token j+1; masked targets are -100.
+
+        Returns the loss and the logits of every caption position [B, S, V] (the last predicts nothing)."""
+        logits = self.llm.lm_head(h_text).float()
+        labels = input_ids[:, 1:].masked_fill(loss_mask[:, 1:] == 0, -100)
+        pred = logits[:, :-1]
+        loss = F.cross_entropy(pred.reshape(-1, pred.shape[-1]), labels.reshape(-1), ignore_index=-100)
+        return loss, logits
+
+    def _latents(self, frames: torch.Tensor) -> torch.Tensor:
+        b, t = frames.shape[:2]
+        with torch.no_grad():
+            x = frames.flatten(0, 1) * 2 - 1
+            lat = self.vae.encode(x.to(next(self.vae.parameters()).dtype)).latent_dist.mean
+            lat = lat * self.vae.config.scaling_factor
+        return lat.view(b, t, *lat.shape[1:]).float()
+
+    def _recon_loss(self, h_vis: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        """The state after frame t predicts frame t+1's latents, given frame t's latents."""
+        b, t = latents.shape[:2]
+        pred = self.head(h_vis[:, :-1].reshape(b * (t - 1), -1).float(), latents[:, :-1].flatten(0, 1))
+        return F.mse_loss(pred, latents[:, 1:].flatten(0, 1))
+
+    def _oracle_bias(self, boxes: torch.Tensor, grid: int) -> torch.Tensor:
+        from fvlm.world import box_patch_mask
+
+        mask = box_patch_mask(boxes, grid, self.frame_size).flatten(0, 1)  # [B*T, grid*grid]
+        allowed = torch.cat([torch.zeros_like(mask[:, :1]), mask], dim=1)  # CLS excluded
+        return torch.where(allowed, 0.0, -1e4)
+
+    def _fine_cache(self, frames: torch.Tensor, coarse: PatchCache) -> PatchCache:
+        if self.cfg.fine_read == "same":
+            return coarse
+        # 'hires': the fine pass reads a 2x finer patch grid (the same DINO on 2x upsampled frames)
+        up = F.interpolate(frames.flatten(0, 1), scale_factor=2, mode="bilinear", align_corners=False)
+        return self.encoder.encode(up)
+
+    def _read(self, cache: PatchCache, queries: torch.Tensor, bias: torch.Tensor | None):
+        b, t = queries.shape[:2]
+        z, attn = self.encoder.attend(cache, queries.flatten(0, 1), bias)
+        return self._project(z).view(b, t, -1), attn.view(b, t, *attn.shape[1:])
+
+    def _fine_queries(self, queries: torch.Tensor) -> torch.Tensor:
+        """Shift by one frame: frame 0 is read with q_init, frame t with the query made after frame t-1."""
+        b = queries.shape[0]
+        if self.cfg.query_source == "random":
+            queries = torch.randn_like(queries) * self.cfg.query_init_std
+        return torch.cat([self.q_init.expand(b, 1, -1), queries[:, :-1]], dim=1)
+
+    def _stats(self, out: Output, boxes: torch.Tensor | None, grids: dict[str, int]) -> None:
+        from fvlm.world import box_patch_mask
+
+        for name in ("coarse", "fine"):
+            attn = getattr(out, f"attn_{name}")
+            if attn is None:
+                continue
+            out.stats[f"attn_entropy_{name}"] = float(attention_entropy(attn.detach()))
+            if boxes is not None:
+                mask = box_patch_mask(boxes, grids[name], self.frame_size).flatten(0, 1)
+                out.stats[f"attn_on_target_{name}"] = float(attention_on_target(attn.detach().flatten(0, 1), mask))
+                out.stats[f"attn_on_target_chance_{name}"] = float(mask.float().sum(-1).mean() / (mask.shape[-1] + 1))
+
+    # --- forward ---
+    def forward(self, batch: dict, mode: str | None = None, compute_coarse: bool = False) -> Output:
+        """One mode per call, for the whole batch (upstream BUG-003 mixed modes inside a batch)."""
+        mode = mode or self.cfg.mode
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if mode == "autoregressive":
+            return self.forward_autoregressive(batch)
+        frames, ids, mask = batch["frames"], batch["input_ids"], batch["loss_mask"]
+        boxes = batch.get("boxes")
+        b, t = frames.shape[:2]
+        text = self.llm.get_input_embeddings()(ids)
+        wants_recon = self.cfg.objective in ("reconstruct", "joint")
+        wants_caption = self.cfg.objective in ("caption", "joint")
+        latents = self._latents(frames) if wants_recon else None
+
+        cache = self.encoder.encode(frames.flatten(0, 1))
+        v_coarse, attn_coarse = self._read(cache, self.q_static.expand(b * t, -1).view(b, t, -1), None)
+        need_coarse_loss = mode == "coarse_only" or self.cfg.lambda_coarse > 0 or compute_coarse
+        out = Output(loss=torch.zeros(()), attn_coarse=attn_coarse)
+
+        def score(h: torch.Tensor, name: str) -> torch.Tensor:
+            parts = []
+            if wants_caption:
+                cap, logits = self._caption_loss(h[:, t:], ids, mask)
+                setattr(out, f"caption_{name}", cap)
+                out.logits = logits
+                parts.append(cap)
+            if wants_recon:
+                rec = self._recon_loss(h[:, :t], latents)
+                setattr(out, f"recon_{name}", rec)
+                parts.append(self.cfg.recon_weight * rec if wants_caption else rec)
+            return sum(parts)
+
+        # Causal attention: the coarse tokens' hidden states do not depend on the text after them, so one
+        # pass over [coarse, text] yields both the queries and the coarse loss (upstream ran 2 passes).
+        if need_coarse_loss:
+            h_coarse = self._hidden(torch.cat([v_coarse, text], dim=1))
+            out.loss_coarse = score(h_coarse, "coarse")
+            h_coarse_vis = h_coarse[:, :t]
+        else:
+            h_coarse_vis = self._hidden(v_coarse)
+        if mode == "coarse_only":
+            out.loss = out.loss_coarse
+            self._stats(out, boxes, {"coarse": cache.grid})
+            return out
+
+        fine_cache = self._fine_cache(frames, cache)
+        bias = self._oracle_bias(boxes, fine_cache.grid) if self.cfg.query_source == "oracle" else None
+        queries = self.llm_to_query(h_coarse_vis)
+        for it in range(self.cfg.fine_iters):
+            v_fine, out.attn_fine = self._read(fine_cache, self._fine_queries(queries), bias)
+            if it < self.cfg.fine_iters - 1:
+                queries = self.llm_to_query(self._hidden(v_fine))
+        h_fine = self._hidden(torch.cat([v_fine, text], dim=1))
+        fine_logits = None
+        out.loss_fine = score(h_fine, "fine")
+        fine_logits = out.logits
+        out.loss = out.loss_fine
+        if self.cfg.lambda_coarse > 0:
+            out.loss = out.loss + self.cfg.lambda_coarse * out.loss_coarse
+        out.logits = fine_logits
+        self._stats(out, boxes, {"coarse": cache.grid, "fine": fine_cache.grid})
+        return out
+
+    @torch.no_grad()
+    def forward_autoregressive(self, batch: dict, use_cache: bool = True) -> Output:
+        """True inference: frame t is read with the query made from frames < t; one LLM step per frame.
+
+        ``use_cache=False`` recomputes the whole prefix at every step (the reference the KV cache must equal).
+        """
+        from transformers import DynamicCache
+
+        frames, ids, mask = batch["frames"], batch["input_ids"], batch["loss_mask"]
+        b, t = frames.shape[:2]
+        cache = self._fine_cache(frames, self.encoder.encode(frames.flatten(0, 1)))
+        frame_idx = torch.arange(b * t, device=frames.device).view(b, t)
+        bias = self._oracle_bias(batch["boxes"], cache.grid).view(b, t, -1) if self.cfg.query_source == "oracle" else None
+        q = self.q_init.expand(b, -1)
+        kv = DynamicCache() if use_cache else None
+        tokens, maps, hs = [], [], []
+        for step in range(t):
+            sub = cache.select(frame_idx[:, step])
+            z, attn = self.encoder.attend(sub, q, None if bias is None else bias[:, step])
+            tokens.append(self._project(z).unsqueeze(1))
+            maps.append(attn)
+            if use_cache:
+                res = self.llm.model(inputs_embeds=tokens[-1], cache=kv, use_cache=True)
+                h_last = res.last_hidden_state[:, -1]
+            else:
+                h_last = self._hidden(torch.cat(tokens, dim=1))[:, -1]
+            hs.append(h_last)
+            q = self.llm_to_query(h_last)
+            if self.cfg.query_source == "random":
+                q = torch.randn_like(q) * self.cfg.query_init_std
+        text = self.llm.get_input_embeddings()(ids)
+        if use_cache:
+            h_text = self.llm.model(inputs_embeds=text, cache=kv, use_cache=True).last_hidden_state
+        else:
+            h_text = self._hidden(torch.cat([*tokens, text], dim=1))[:, t:]
+        out = Output(loss=torch.zeros(()), attn_fine=torch.stack(maps, dim=1))
+        parts = []
+        if self.cfg.objective in ("caption", "joint"):
+            out.caption_fine, out.logits = self._caption_loss(h_text, ids, mask)
+            parts.append(out.caption_fine)
+        if self.cfg.objective in ("reconstruct", "joint"):
+            out.recon_fine = self._recon_loss(torch.stack(hs, dim=1), self._latents(frames))
+            parts.append(self.cfg.recon_weight * out.recon_fine if out.caption_fine is not None else out.recon_fine)
+        out.loss = out.loss_fine = sum(parts)
+        self._stats(out, batch.get("boxes"), {"fine": cache.grid})
+        return out
