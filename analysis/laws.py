@@ -14,7 +14,9 @@ SUM (not the mean) of Huber_delta(log L_pred - log L_obs) with L-BFGS-B from man
   * some starts end in real local minima (objective ~1e-2 on Chinchilla), so we screen a grid of starts
     vectorised and run L-BFGS-B from the best few of two families (Epoch's grid and a variable-projection
     grid: non-negative least squares for E, A, B at fixed exponents).
-Bootstrap: resample points with replacement, refit each from the full-data optimum, percentile CIs.
+Bootstrap: resample points with replacement (whole runs when run ids are given and a run contributes several
+points, since successive evals of one run are correlated), refit each from the full-data optimum, percentile
+CIs.
 
 Compute-optimal allocation assumes C = kappa * N * D (kappa = 6 for tokens; for samples, kappa is the
 median of C / (N D) in the data): G = (alpha A / (beta B))^(1/(alpha+beta)), N* = G (C/kappa)^a,
@@ -43,6 +45,8 @@ _TIGHT = {"ftol": 1e-15, "gtol": 1e-12, "maxiter": 10000, "maxfun": 20000}
 _E_BOUNDS = (-20.0, 10.0)
 _COEF_BOUNDS = (-50.0, 200.0)
 _EXP_BOUNDS = (0.0, 5.0)
+# bootstrap refits start at the optimum; one that needs more iterations sits on a flat, unidentified ridge
+_BOOT_MAXITER = 500
 _PARAM_NAMES = {1: ("E", "B", "beta"), 2: ("E", "A", "alpha", "B", "beta")}
 
 
@@ -194,7 +198,7 @@ def _fit_log(log_x, log_y, delta, starts=None, n_keep=8, options=None) -> _Optim
 # results
 
 
-def _theta_to_params(theta: np.ndarray) -> dict[str, float]:
+def theta_to_params(theta: np.ndarray) -> dict[str, float]:
     m = (len(theta) - 1) // 2
     names = _PARAM_NAMES[m]
     out = {"E": float(np.exp(theta[0]))}
@@ -272,7 +276,7 @@ class LawFit:
             n_opt, d_opt = (float(v) for v in self.compute_optimal(C))
             for name, v in (("N", n_opt), ("D", d_opt)):
                 lo, hi = self.ranges[name]
-                if not (lo <= v <= hi):
+                if np.isfinite(v) and not (lo <= v <= hi):
                     out.append(
                         f"extrapolation: {name}*={v:.3g} at C={C:.3g} is outside the data "
                         f"({name} in [{lo:.3g}, {hi:.3g}])"
@@ -302,13 +306,15 @@ class LawFit:
             out.update(a_opt=self.a_opt, b_opt=self.b_opt, kappa=self.kappa)
             if at_compute is not None:
                 n_opt, d_opt = (float(v) for v in self.compute_optimal(at_compute))
-                block = {"C": at_compute, "N_opt": n_opt, "D_opt": d_opt, "tokens_per_param": d_opt / n_opt}
+                ratio = d_opt / n_opt if n_opt > 0 else float("nan")
+                block = {"C": at_compute, "N_opt": n_opt, "D_opt": d_opt, "tokens_per_param": ratio}
                 if self.boot is not None and len(self.boot) > 1:
                     ratios = []
                     for t in self.boot:
-                        bn, bd = compute_optimal(_theta_to_params(t), at_compute, self.kappa)
-                        ratios.append(float(bd / bn))
-                    block["tokens_per_param_ci95"] = list(np.percentile(ratios, [2.5, 97.5]))
+                        bn, bd = compute_optimal(theta_to_params(t), at_compute, self.kappa)
+                        ratios.append(float(bd / bn) if bn > 0 else np.nan)
+                    if np.isfinite(ratios).sum() > 1:
+                        block["tokens_per_param_ci95"] = list(np.nanpercentile(ratios, [2.5, 97.5]))
                 block["extrapolated"] = bool(self.extrapolation_warnings(at_compute))
                 out["compute_optimal"] = block
         out["warnings"] = list(self.warnings)
@@ -330,8 +336,10 @@ class LawFit:
 def compute_optimal(params: dict[str, float], C, kappa: float = 6.0) -> tuple[np.ndarray, np.ndarray]:
     """(N*, D*) for L = E + A/N^alpha + B/D^beta under C = kappa N D (Hoffmann et al. 2022, eq. 4)."""
     A, B, al, be = params["A"], params["B"], params["alpha"], params["beta"]
-    G = (al * A / (be * B)) ** (1.0 / (al + be))
     x = np.asarray(C, dtype=float) / kappa
+    if not (al > 0 and be > 0 and A > 0 and B > 0):  # a flat term: no interior optimum
+        return np.full(x.shape, np.nan), np.full(x.shape, np.nan)
+    G = (al * A / (be * B)) ** (1.0 / (al + be))
     return G * x ** (be / (al + be)), x ** (al / (al + be)) / G
 
 
@@ -381,6 +389,8 @@ def larger_model_worse(
     """
     N, D, loss = (np.asarray(v, dtype=float) for v in (N, D, loss))
     keys = np.asarray(groups) if groups is not None else N
+    if groups is not None and np.unique(keys, return_counts=True)[1].max() < 2:
+        keys, groups = N, None  # one point per run (final rows): each size's points form its curve
     curves = []
     for g in np.unique(keys):
         sel = keys == g
@@ -406,8 +416,11 @@ def larger_model_worse(
         return []
     found.sort(reverse=True)
     pairs = "; ".join(
-        f"N={n2:.3g}" + (f" ({g2})" if groups is not None else "") + f" vs N={n1:.3g}"
-        + (f" ({g1})" if groups is not None else "") + f": +{e:.3g} over D in [{lo:.3g}, {hi:.3g}]"
+        f"N={n2:.3g}"
+        + (f" ({g2})" if groups is not None else "")
+        + f" vs N={n1:.3g}"
+        + (f" ({g1})" if groups is not None else "")
+        + f": +{e:.3g} over D in [{lo:.3g}, {hi:.3g}]"
         for e, n1, g1, n2, g2, lo, hi in found[:3]
     )
     more = f" (and {len(found) - 3} more pairs)" if len(found) > 3 else ""
@@ -427,6 +440,9 @@ def _identification(theta, log_x, loss, pred, n_distinct, boot_params) -> tuple[
     for i, (lo, hi) in enumerate(bounds):
         if theta[i] <= lo + 1e-6 or theta[i] >= hi - 1e-6:
             identified[names[i]] = False
+            if i > 0:  # a term's coefficient or exponent on a bound: the whole term is undetermined
+                pair = (i - 1) // 2
+                identified[names[1 + 2 * pair]] = identified[names[2 + 2 * pair]] = False
             warnings.append(f"{names[i]} is on its optimiser bound: not identified")
     for j in range(m):
         cn, kn = names[1 + 2 * j], names[2 + 2 * j]
@@ -469,7 +485,9 @@ def _identification(theta, log_x, loss, pred, n_distinct, boot_params) -> tuple[
                 identified[k] = False
             elif est > 0 and np.std(col) / est > 0.5:
                 # the replication note's rule: flag a relative SE above 50% (B on Chinchilla is ~60%)
-                warnings.append(f"{k} is poorly determined: bootstrap relative SE {100 * np.std(col) / est:.0f}%")
+                warnings.append(
+                    f"{k} is poorly determined: bootstrap relative SE {100 * np.std(col) / est:.0f}%"
+                )
     return identified, warnings, noise
 
 
@@ -488,6 +506,7 @@ def _fit_law(
     lbfgs_options,
     kappa: float,
     ranges: dict,
+    clusters=None,
 ) -> LawFit:
     m = log_x.shape[1]
     names = _PARAM_NAMES[m]
@@ -496,7 +515,7 @@ def _fit_law(
     opt = _fit_log(log_x, log_y, huber_delta, starts=starts, options=lbfgs_options)
     theta = opt.theta
     warnings: list[str] = []
-    if not opt.converged:
+    if not opt.converged and opt.grad_norm > 1e-6:  # "ABNORMAL" line searches at an exact optimum are fine
         warnings.append(f"L-BFGS-B did not report convergence: {opt.message}")
     if n < 4 * len(theta):
         warnings.append(f"too few points: {n} for {len(theta)} parameters (want >= {4 * len(theta)})")
@@ -505,18 +524,43 @@ def _fit_law(
     boot_params = None
     if n_bootstrap > 0:
         rng = np.random.default_rng(seed)
-        ests = []
+        ests, degenerate, capped = [], 0, 0
         options = dict(_TIGHT if lbfgs_options is None else lbfgs_options)
+        options["maxiter"] = min(options.get("maxiter", 15000), _BOOT_MAXITER)
+        members = None
+        if clusters is not None:
+            _, inverse = np.unique(np.asarray(clusters).astype(str), return_inverse=True)
+            members = [np.flatnonzero(inverse == k) for k in range(inverse.max() + 1)]
+            warnings.append(f"bootstrap resamples whole runs ({len(members)} clusters), not single points")
         for _ in range(n_bootstrap):
-            idx = rng.integers(0, n, n)
+            if members is None:
+                idx = rng.integers(0, n, n)
+            else:
+                idx = np.concatenate([members[k] for k in rng.integers(0, len(members), len(members))])
+            if len(np.unique(idx)) <= len(theta):  # interpolates the resample exactly: no information
+                degenerate += 1
+                continue
             r = _minimize(theta, log_x[idx], log_y[idx], huber_delta, options)
+            capped += r.nit >= options["maxiter"]
             if np.all(np.isfinite(r.x)) and np.isfinite(r.fun):
                 ests.append(r.x)
         boot = np.array(ests).reshape(-1, len(theta))
-        if len(boot) < n_bootstrap:
-            warnings.append(f"{n_bootstrap - len(boot)} of {n_bootstrap} bootstrap refits failed (dropped)")
-        if len(boot) > 1:
-            boot_params = {k: np.array([_theta_to_params(t)[k] for t in boot]) for k in names}
+        if degenerate:
+            warnings.append(
+                f"{degenerate} of {n_bootstrap} bootstrap resamples had <= {len(theta)} distinct points (skipped)"
+            )
+        if capped:
+            warnings.append(
+                f"{capped} bootstrap refits stopped at {options['maxiter']} iterations (a flat, poorly determined "
+                "direction of the objective)"
+            )
+        if len(boot) < n_bootstrap - degenerate:
+            warnings.append(f"{n_bootstrap - degenerate - len(boot)} bootstrap refits failed (dropped)")
+        if len(boot) < 0.5 * n_bootstrap:
+            warnings.append("too few usable bootstrap resamples: no CIs")
+            boot = None
+        if boot is not None and len(boot) > 1:
+            boot_params = {k: np.array([theta_to_params(t)[k] for t in boot]) for k in names}
             if m == 2:
                 boot_params["a_opt"] = boot_params["beta"] / (boot_params["alpha"] + boot_params["beta"])
                 boot_params["b_opt"] = boot_params["alpha"] / (boot_params["alpha"] + boot_params["beta"])
@@ -528,7 +572,7 @@ def _fit_law(
     )
     return LawFit(
         theta=theta,
-        params=_theta_to_params(theta),
+        params=theta_to_params(theta),
         objective=opt.objective,
         n_points=n,
         huber_delta=huber_delta,
@@ -576,13 +620,19 @@ def fit_parametric(
     starts: None (multi-start grid) or an array of log-space starts [e, a, alpha, b, beta].
     lbfgs_options: None (tight tolerances) or scipy's L-BFGS-B options ({} = scipy's defaults).
     C: compute per point (default kappa N D), used for the data range and extrapolation checks.
-    schedules / groups: per-point LR schedule names and run ids, for the diagnostics.
+    schedules / groups: per-point LR schedule names and run ids, for the diagnostics; with run ids and several
+        points per run the bootstrap resamples runs (a cluster bootstrap).
     at_compute: compute at which to check the compute-optimal allocation for extrapolation.
     """
     N, D, loss = (np.asarray(v, dtype=float).ravel() for v in (N, D, loss))
     _check_inputs({"N": N, "D": D, "loss": loss}, n_min=6)
     C = kappa * N * D if C is None else np.asarray(C, dtype=float).ravel()
     ranges = {k: (float(v.min()), float(v.max())) for k, v in (("N", N), ("D", D), ("C", C))}
+    clusters = None
+    if groups is not None:
+        _, counts = np.unique(np.asarray(groups).astype(str), return_counts=True)
+        if counts.max() > 1:  # several evals per run are correlated: resample runs, not points
+            clusters = groups
     fit = _fit_law(
         np.log(np.stack([N, D], axis=1)),
         loss,
@@ -593,7 +643,10 @@ def fit_parametric(
         lbfgs_options=lbfgs_options,
         kappa=kappa,
         ranges=ranges,
+        clusters=clusters,
     )
+    if not (fit.identified["alpha"] and fit.identified["beta"]):
+        fit.warnings.append("a_opt and b_opt derive from an exponent that is not identified: not meaningful")
     fit.warnings += schedule_warnings(schedules)
     fit.warnings += larger_model_worse(N, D, loss, groups=groups, noise=fit.noise)
     if at_compute is not None:
@@ -634,7 +687,9 @@ def fit_data_curve(
         names = {str(s) for s in schedules if s is not None}
         if names & {"cosine", "linear", "wsd"}:
             fit.warnings.append(
-                "intermediate evals of a decaying LR schedule (" + ", ".join(sorted(names)) + "): points before "
+                "intermediate evals of a decaying LR schedule ("
+                + ", ".join(sorted(names))
+                + "): points before "
                 "the end of the decay are not valid scaling points and inflate beta"
             )
     if intermediate and n_bootstrap > 0:
@@ -721,7 +776,9 @@ def _budget_optimum(logN, logD, loss) -> tuple[str, float, float, float, tuple]:
     return "ok", float(x), float(q1 * x + q0), float(p0 + p1 * x + p2 * x * x), (p2, p1, p0)
 
 
-def fit_isoflop(N, D, loss, budget, *, C=None, n_bootstrap: int = 1000, seed: int = 0, schedules=None) -> IsoFlopFit:
+def fit_isoflop(
+    N, D, loss, budget, *, C=None, n_bootstrap: int = 1000, seed: int = 0, schedules=None
+) -> IsoFlopFit:
     """Approach 2 on points grouped by compute budget.
 
     Per budget: a parabola of loss in ln N (>= 3 sizes and a minimum inside the sampled range, else that
@@ -746,14 +803,21 @@ def fit_isoflop(N, D, loss, budget, *, C=None, n_bootstrap: int = 1000, seed: in
     groups.sort(key=lambda g: g[1])
     warnings = []
     rows = []
-    for bv, c_val, sel in groups:
+    for _bv, c_val, sel in groups:
         status, x, y, lopt, _ = _budget_optimum(logN[sel], logD[sel], loss[sel])
-        row = {"budget": c_val, "n_points": int(len(sel)), "n_sizes": int(len(np.unique(N[sel]))), "status": status}
+        row = {
+            "budget": c_val,
+            "n_points": int(len(sel)),
+            "n_sizes": int(len(np.unique(N[sel]))),
+            "status": status,
+        }
         if status == "ok":
             row.update(N_opt=float(np.exp(x)), D_opt=float(np.exp(y)), loss_opt=lopt)
             span = logN[sel].max() - logN[sel].min()
             if min(x - logN[sel].min(), logN[sel].max() - x) < 0.1 * span:
-                warnings.append(f"budget {c_val:.3g}: minimum near the edge of the sampled sizes (biased vertex)")
+                warnings.append(
+                    f"budget {c_val:.3g}: minimum near the edge of the sampled sizes (biased vertex)"
+                )
         else:
             warnings.append(f"budget {c_val:.3g}: {status}")
         rows.append(row)

@@ -69,6 +69,7 @@ class ModelConfig:
     llm_kv_heads: int | None = None  # Llama key/value heads (GQA)
     llm_intermediate: int | None = None  # Llama SwiGLU width
     query_dim: int | None = None  # width of the query vectors (default: DINO width)
+    init_std: float | None = None  # init std of random DINO/LLM weights (None = dial: 1/sqrt(width), fan-in)
     # --- foveation knobs (every one is an ablation; each must change the forward output) ---
     deep_query: bool = True  # query walks every DINO layer (true) or one cross-attention on final features
     layers_used: int | None = None  # DINO layers the patches and the query use (first k; None = all)
@@ -315,10 +316,14 @@ def cpu_tier(scale: int, rule: dict) -> dict:
         "llm_kv_heads": max(1, heads // 2),
         "llm_intermediate": int(rule["llm_ffn_ratio"] * width) // 8 * 8,
         # muP-style transfer: LR ~ 1/sqrt(width), anchored at the base tier (upstream used the same rule)
+        # HF's default init std (0.02) is tuned for widths ~768; a 64-wide model needs the fan-in scale,
+        # or attention logits start ~0.1 and vision is learned only after a long plateau (LOG.md)
+        "init_std": 1 / math.sqrt(width),
         "lr": rule["base_lr"] * math.sqrt(base_width / width),
         "connector_lr_ratio": rule["connector_lr_ratio"],
         "batch_size": rule["batch_size"],
-        "micro_batch": rule["batch_size"],
+        # no "micro_batch" here: it defaults to batch_size in resolve(), so `train.batch_size=8` alone works
+        # (fix found by tests/test_config.py: a dial micro_batch of 32 rejected any smaller explicit batch)
     }
 
 
@@ -403,6 +408,12 @@ def validate(cfg: Config) -> None:
     _check(t.eval_points >= 1, "train.eval_points: must be >= 1")
     _check(1 <= t.eval_samples, "train.eval_samples: must be >= 1")
     _check(t.keep_last >= 1, "train.keep_last: must be >= 1")
+    from fvlm.world import check_world  # the world knows its own geometry (e.g. whether a path fits)
+
+    try:
+        check_world(w)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if t.data_size:
         _check(t.samples <= t.data_size,
                f"train.samples: {t.samples} exceeds train.data_size {t.data_size} (more than one epoch; upstream's "

@@ -177,7 +177,7 @@ def box_patch_mask(boxes, grid: int, frame_size: int) -> torch.Tensor:
     return (rows[..., :, None] & cols[..., None, :]).flatten(-2)
 
 
-def _check(cfg: WorldConfig) -> None:
+def check_world(cfg: WorldConfig) -> None:
     def bad(msg: str) -> None:
         raise ValueError(f"world: {msg}")
 
@@ -220,7 +220,7 @@ class VideoWorld:
 
     def __init__(self, cfg: WorldConfig | None = None, tokenizer=None):
         self.cfg = cfg = cfg if cfg is not None else WorldConfig()
-        _check(cfg)
+        check_world(cfg)
         self.tokenizer = tokenizer if tokenizer is not None else build_tokenizer()
         self.masks = sprite_masks(cfg.sprite_size)
         self.bos_id, self.eos_id, self.pad_id = BOS_ID, EOS_ID, PAD_ID

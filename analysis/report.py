@@ -1,0 +1,429 @@
+"""REPORT.md: the report card of one analysis (ARCHITECTURE.md section 7, the playbook's section 2.1).
+
+Usage:
+    from analysis.report import Analysis, write_report
+    write_report(analysis, out_dir, plots=[...])      # -> out_dir / "REPORT.md"
+
+Sections: environment (hardware, versions, git commit), configuration, metrics per tier and budget, the
+fits with 95% CIs, eval principles, warnings, cost (wall clock, GPU-hours, dollars at a configurable
+$/GPU-hour), bloat (lines of code, dependencies) and the plots (relative links).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata as md
+import os
+import platform
+import shutil
+import subprocess
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis.laws import IsoFlopFit, LawFit
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# assumption: what one rented RTX 4090 costs per hour (community clouds ask roughly $0.3-0.7)
+DEFAULT_USD_PER_GPU_HOUR = 0.50
+TABLE_METRICS = [
+    "final_val_loss",
+    "final_val_loss_fine",
+    "final_val_loss_coarse",
+    "final_loss_ratio",
+    "final_attn_entropy_coarse",
+    "final_attn_entropy_fine",
+]
+
+
+@dataclass
+class Analysis:
+    """Everything one run of fit_laws produced, for fits.json, the plots and the report."""
+
+    source: dict
+    settings: dict
+    points: pd.DataFrame
+    finals: pd.DataFrame | None = None  # the final point of each run (approach 2 uses these)
+    parametric: LawFit | None = None
+    isoflop: IsoFlopFit | None = None
+    per_tier: dict = field(default_factory=dict)  # tier -> LawFit | None
+    per_tier_info: dict = field(default_factory=dict)  # tier -> {trial_id, n_points, warnings}
+    curve_data: dict = field(default_factory=dict)  # tier -> (D, loss, LawFit | None)
+    evals: pd.DataFrame | None = None
+    runs: pd.DataFrame | None = None
+    warnings: list[str] = field(default_factory=list)
+    fits: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+    eval_table: pd.DataFrame | None = None
+    d_label: str = "D"
+
+    @property
+    def title(self) -> str:
+        return self.source.get("experiment") or Path(self.source.get("path", "analysis")).stem
+
+
+# ---------------------------------------------------------------------------------------------------------
+# environment and bloat
+
+
+def _version(pkg: str) -> str:
+    try:
+        return md.version(pkg)
+    except md.PackageNotFoundError:
+        return "not installed"
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        if out.returncode != 0:
+            return "unknown (no commit)"
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "status", "--porcelain"], capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+        return out.stdout.strip() + (" (uncommitted changes)" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (git unavailable)"
+
+
+def _gpu_names() -> str:
+    if not shutil.which("nvidia-smi"):
+        return "none detected"
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        return "; ".join(x.strip() for x in out.stdout.splitlines() if x.strip()) or "none detected"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def environment() -> dict:
+    mem = ""
+    try:
+        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        mem = f"{pages * size / 2**30:.0f} GiB"
+    except (ValueError, OSError, AttributeError):
+        pass
+    return {
+        "platform": platform.platform(),
+        "cpu": f"{platform.machine()}, {os.cpu_count()} cores" + (f", {mem} RAM" if mem else ""),
+        "gpu": _gpu_names(),
+        "python": platform.python_version(),
+        "packages": {p: _version(p) for p in ("torch", "ray", "numpy", "scipy", "pandas", "seaborn")},
+        "git_commit": _git_commit(),
+    }
+
+
+def bloat(root: Path = REPO_ROOT) -> dict:
+    """Non-blank lines of Python per package, and the dependency count from pyproject.toml."""
+    loc = {}
+    for pkg in ("fvlm", "tune", "analysis"):
+        n = 0
+        for f in sorted((root / pkg).rglob("*.py")) if (root / pkg).is_dir() else []:
+            n += sum(
+                1 for line in f.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()
+            )
+        loc[pkg] = n
+    deps, optional = None, None
+    pp = root / "pyproject.toml"
+    if pp.exists():
+        proj = tomllib.loads(pp.read_text(encoding="utf-8")).get("project", {})
+        deps = len(proj.get("dependencies", []))
+        optional = sum(len(v) for v in proj.get("optional-dependencies", {}).values())
+    return {
+        "lines_of_code": loc,
+        "total_lines": sum(loc.values()),
+        "dependencies": deps,
+        "optional_dependencies": optional,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# sections
+
+
+def _n(x, fmt="{:.4g}") -> str:
+    try:
+        return "n/a" if x is None or not np.isfinite(float(x)) else fmt.format(float(x))
+    except (TypeError, ValueError):
+        return str(x)
+
+
+def _ci(ci) -> str:
+    return f"[{_n(ci[0])}, {_n(ci[1])}]" if ci else "n/a"
+
+
+def _config_section(a: Analysis) -> list[str]:
+    s = a.settings
+    lines = [
+        f"- source: {a.source.get('kind')} `{a.source.get('path')}`",
+        f"- D: {a.source.get('D_definition', 'n/a')}; compute C = kappa N D with kappa = {_n(a.source.get('kappa'))}",
+        f"- points: {len(a.points)} used ({a.source.get('points_mode', 'all rows')})"
+        + (f"; excluded rows: {a.source['excluded']}" if a.source.get("excluded") else ""),
+        f"- fit: Huber delta {s.get('huber_delta')} on log residuals (sum), L-BFGS-B multi-start, "
+        f"{s.get('bootstrap')} bootstrap resamples (seed {s.get('seed')})",
+    ]
+    runs = a.runs
+    if runs is not None and len(runs):
+        cfg = [c for c in runs.columns if c.startswith("config.")]
+        const = {c[7:]: runs[c].iloc[0] for c in cfg if runs[c].astype(str).nunique() == 1}
+        varying = {
+            c[7:]: sorted(runs[c].astype(str).unique()) for c in cfg if runs[c].astype(str).nunique() > 1
+        }
+        if varying:
+            lines.append(
+                "- varied across runs: "
+                + "; ".join(f"`{k}` in {{{', '.join(v[:8])}}}" for k, v in varying.items())
+            )
+        if const:
+            lines.append("")
+            lines.append("<details><summary>shared configuration</summary>\n")
+            lines += [f"- `{k}` = {v}" for k, v in sorted(const.items())]
+            lines.append("\n</details>")
+    return lines
+
+
+def metric_table(runs: pd.DataFrame) -> str:
+    """Mean (sd) of the final metrics per tier and budget (and arm when there are several)."""
+    if runs is None or not len(runs):
+        return "_no runs_\n"
+    keys = [k for k in ("tier", "budget_flops") if k in runs.columns]
+    if "arm" in runs.columns and runs["arm"].nunique(dropna=True) > 1:
+        keys.append("arm")
+    cols = [
+        m
+        for m in TABLE_METRICS
+        if m in runs.columns and pd.to_numeric(runs[m], errors="coerce").notna().any()
+    ]
+    head = "| " + " | ".join(keys + ["runs", "status"] + [c.replace("final_", "") for c in cols]) + " |"
+    lines = [head, "|" + "---|" * (len(keys) + 2 + len(cols))]
+    groups = runs.groupby(keys, dropna=False) if keys else [((), runs)]
+    for key, g in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        status = ", ".join(f"{n} {s}" for s, n in g["status"].value_counts().items()) if "status" in g else ""
+        cells = [_n(k, "{:.3g}") if isinstance(k, (int, float, np.number)) else str(k) for k in key]
+        cells += [str(len(g)), status]
+        for c in cols:
+            v = pd.to_numeric(g[c], errors="coerce").dropna()
+            cells.append(
+                "n/a" if v.empty else (f"{v.mean():.4g}" + (f" ({v.std(ddof=1):.2g})" if len(v) > 1 else ""))
+            )
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _fits_section(a: Analysis) -> list[str]:
+    out = []
+    f = a.parametric
+    if f is not None:
+        out += [
+            "### Approach 3: L(N, D) = E + A/N^alpha + B/D^beta",
+            "",
+            "| parameter | estimate | 95% CI | identified |",
+            "|---|---|---|---|",
+        ]
+        for k in ("E", "A", "alpha", "B", "beta"):
+            out.append(
+                f"| {k} | {_n(f.params[k])} | {_ci(f.ci95.get(k))} | {'yes' if f.identified.get(k) else '**no**'} |"
+            )
+        out.append(f"| a = beta/(alpha+beta) | {_n(f.a_opt, '{:.3f}')} | {_ci(f.ci95.get('a_opt'))} | |")
+        out.append(f"| b = alpha/(alpha+beta) | {_n(f.b_opt, '{:.3f}')} | {_ci(f.ci95.get('b_opt'))} | |")
+        out.append("")
+        out.append(
+            f"Objective {f.objective:.10f} (Huber sum) over {f.n_points} points; {f.n_at_best} of {f.n_starts} starts "
+            f"reached it; projected gradient {f.grad_norm:.2g}; bootstrap {0 if f.boot is None else len(f.boot)} "
+            f"of {f.n_bootstrap} refits."
+        )
+        co = a.fits.get("parametric", {}).get("compute_optimal")
+        if co:
+            out.append(
+                f"At C = {co['C']:.3g}: N* = {co['N_opt']:.3g}, D* = {co['D_opt']:.3g}, "
+                f"D*/N* = {co['tokens_per_param']:.3g} {_ci(co.get('tokens_per_param_ci95'))}"
+                + (" (**extrapolated**)" if co.get("extrapolated") else "")
+            )
+        out.append("")
+    iso = a.isoflop
+    if iso is not None:
+        out += ["### Approach 2: IsoFLOP parabolas", ""]
+        if iso.a is not None:
+            out.append(
+                f"N* ~ C^a with a = {iso.a:.3f} {_ci(iso.ci95.get('a'))}; D* ~ C^b with b = {iso.b:.3f} "
+                f"{_ci(iso.ci95.get('b'))} ({iso.n_budgets} budgets; bootstrap within budgets"
+                + (
+                    f"; t intervals a {_ci(iso.ci95_ols.get('a'))}, b {_ci(iso.ci95_ols.get('b'))}"
+                    if iso.ci95_ols
+                    else ""
+                )
+                + ")"
+            )
+        out += [
+            "",
+            "| budget C | points | sizes | N* | D* | loss* | status |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for b in iso.budgets:
+            out.append(
+                f"| {b['budget']:.3g} | {b['n_points']} | {b['n_sizes']} | {_n(b.get('N_opt'))} | {_n(b.get('D_opt'))} "
+                f"| {_n(b.get('loss_opt'))} | {b['status']} |"
+            )
+        out.append("")
+    if a.per_tier_info:
+        out += [
+            "### Per-tier data curves: L(D) = E + B/D^beta",
+            "",
+            "| tier | run | points | E | B | beta | warnings |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for tier, info in sorted(a.per_tier_info.items(), key=lambda kv: str(kv[0])):
+            fit = a.per_tier.get(tier)
+            if fit is None:
+                out.append(
+                    f"| {tier} | {info.get('trial_id', '')} | {info.get('n_points', 0)} | | | | {'; '.join(info.get('warnings', []))} |"
+                )
+                continue
+            cells = [f"{_n(fit.params[k])} {_ci(fit.ci95.get(k))}" for k in ("E", "B", "beta")]
+            out.append(
+                f"| {tier} | {info.get('trial_id', '')} | {fit.n_points} | "
+                + " | ".join(cells)
+                + f" | {len(fit.warnings)} |"
+            )
+        out.append("")
+    return out
+
+
+def _failures_section(runs: pd.DataFrame | None) -> list[str]:
+    """Runs that did not complete, with the last line of their error: failures stay visible."""
+    if runs is None or not len(runs) or "status" not in runs.columns:
+        return []
+    bad = runs[runs["status"].astype(str) != "complete"]
+    if bad.empty:
+        return []
+    out = [
+        "## Runs that did not complete",
+        "",
+        "| trial | tier | budget | seed | arm | status | error |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for _, r in bad.iterrows():
+        err = str(r.get("error") or "")
+        last = next((x.strip() for x in reversed(err.splitlines()) if x.strip()), "")
+        cells = [
+            r.get("trial_id"),
+            r.get("tier"),
+            _n(r.get("budget_flops"), "{:.3g}"),
+            r.get("seed"),
+            r.get("arm"),
+            r.get("status"),
+            last[:160].replace("|", "\\|"),
+        ]
+        out.append("| " + " | ".join("" if c is None else str(c) for c in cells) + " |")
+    return out + [""]
+
+
+def _cost_section(a: Analysis, usd_per_gpu_hour: float) -> list[str]:
+    out = []
+    runs = a.runs
+    if runs is not None and len(runs) and "wall_s" in runs.columns:
+        wall = pd.to_numeric(runs["wall_s"], errors="coerce")
+        gpu_h = pd.to_numeric(runs.get("gpu_hours", pd.Series(dtype=float)), errors="coerce")
+        out.append(
+            f"- wall clock: {wall.sum() / 3600:.3g} h summed over {int(wall.notna().sum())} runs "
+            f"(longest run {wall.max() / 60:.3g} min)"
+        )
+        if gpu_h.notna().any():
+            total = float(gpu_h.sum())
+            out.append(
+                f"- GPU-hours: {total:.3g} -> ${total * usd_per_gpu_hour:.2f} at ${usd_per_gpu_hour:.2f}/GPU-hour"
+            )
+        else:
+            out.append("- GPU-hours: n/a (no GPU time recorded: CPU runs)")
+        if "flops_seen" in runs.columns:
+            out.append(
+                f"- training compute: {pd.to_numeric(runs['flops_seen'], errors='coerce').sum():.3g} FLOPs"
+            )
+    t = a.timings
+    if t:
+        out.append("- analysis time: " + ", ".join(f"{k} {v:.1f} s" for k, v in t.items()))
+    return out or ["- n/a (external data)"]
+
+
+def write_report(
+    a: Analysis, out_dir: Path, plots: list[Path] = (), usd_per_gpu_hour: float = DEFAULT_USD_PER_GPU_HOUR
+) -> Path:
+    """Write out_dir/REPORT.md and return its path."""
+    out_dir = Path(out_dir)
+    env = environment()
+    blo = bloat()
+    L = [
+        f"# Report card: {a.title}",
+        "",
+        f"_generated {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')} by analysis/fit_laws.py_",
+        "",
+    ]
+    f = a.parametric
+    tl = []
+    if f is not None:
+        tl.append(f"approach 3 gives a = {f.a_opt:.3f} {_ci(f.ci95.get('a_opt'))}")
+    if a.isoflop is not None and a.isoflop.a is not None:
+        tl.append(f"approach 2 gives a = {a.isoflop.a:.3f} {_ci(a.isoflop.ci95.get('a'))}")
+    tl.append(f"{len(a.warnings)} warning(s)")
+    L += ["**TL;DR**: " + "; ".join(tl) + ".", ""]
+    L += ["## Environment", ""]
+    L += [
+        f"- hardware: {env['cpu']}; GPU: {env['gpu']}",
+        f"- platform: {env['platform']}",
+        f"- python {env['python']}, " + ", ".join(f"{k} {v}" for k, v in env["packages"].items()),
+        f"- git commit: {env['git_commit']}",
+        "",
+    ]
+    L += ["## Configuration", ""] + _config_section(a) + [""]
+    if a.runs is not None and len(a.runs):
+        L += [
+            "## Metrics per tier and budget",
+            "",
+            "Mean (sd) over runs of the final evaluation.",
+            "",
+            metric_table(a.runs),
+        ]
+    L += _failures_section(a.runs)
+    L += ["## Fits", ""] + _fits_section(a)
+    if a.eval_table is not None and len(a.eval_table):
+        from analysis.evalcheck import to_markdown
+
+        L += [
+            "## Eval principles",
+            "",
+            "Monotonicity, seed noise, margin over chance, early/final ranking "
+            "(analysis/evalcheck.py; ✓ = passes its threshold).",
+            "",
+            to_markdown(a.eval_table),
+        ]
+    L += ["## Warnings", ""] + ([f"- {w}" for w in a.warnings] or ["- none"]) + [""]
+    L += ["## Cost", ""] + _cost_section(a, usd_per_gpu_hour) + [""]
+    loc = ", ".join(f"{k} {v}" for k, v in blo["lines_of_code"].items())
+    L += [
+        "## Bloat",
+        "",
+        f"- lines of Python (non-blank): {loc}; total {blo['total_lines']}",
+        f"- dependencies (pyproject): {blo['dependencies']} runtime, {blo['optional_dependencies']} optional",
+        "",
+    ]
+    if plots:
+        L += ["## Plots", ""]
+        for p in plots:
+            L += [f"![{Path(p).stem}]({Path(p).name})", ""]
+    path = out_dir / "REPORT.md"
+    path.write_text("\n".join(L), encoding="utf-8")
+    return path

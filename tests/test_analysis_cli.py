@@ -1,0 +1,239 @@
+"""fit_laws.py on external CSV data: published datasets, IsoFLOP budgets, and bad input (exit 2, nothing written).
+
+Run: pytest tests/test_analysis_cli.py
+"""
+
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+from analysis import fit_laws  # noqa: E402
+from analysis.laws import compute_optimal  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+CHINCHILLA = DATA / "chinchilla" / "svg_extracted_data.csv"
+FVLM = DATA / "fvlm_upstream" / "all_eval_points.csv"
+CHIN_ARGS = [
+    "--n-col",
+    "Model Size",
+    "--c-col",
+    "Training FLOP",
+    "--loss-col",
+    "loss",
+    "--exclude-top-loss",
+    "5",
+]
+TRUTH = {"E": 1.8, "A": 480.0, "alpha": 0.35, "B": 2100.0, "beta": 0.37}
+
+
+def need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"shared data missing: {path}")
+    return path
+
+
+def run(argv, capsys):
+    rc = fit_laws.main([str(a) for a in argv])
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err
+
+
+def test_chinchilla_csv_reproduces_the_replication(tmp_path, capsys):
+    out = tmp_path / "chin"
+    rc, stdout, err = run(
+        ["--csv", need(CHINCHILLA), *CHIN_ARGS, "--bootstrap", "50", "--at-compute", "5.88e23", "--out", out],
+        capsys,
+    )
+    assert rc == 0, err
+    assert Path(stdout.strip().splitlines()[-1]) == out.resolve()
+    fits = json.loads((out / "fits.json").read_text())
+    p = fits["parametric"]
+    assert p["n_points"] == 240 and len(fits["source"]["excluded"]) == 5
+    assert p["objective"] == pytest.approx(0.0010182740, abs=1e-9)
+    for k, v in {"E": 1.8172, "alpha": 0.3473, "beta": 0.3672}.items():
+        assert p[k] == pytest.approx(v, abs=2e-4)
+    for k, v in {"A": 477.8, "B": 2143.4}.items():
+        assert p[k] == pytest.approx(v, rel=2e-3)
+    assert all(p["identified"].values()) and p["ci95"]["A"][0] < p["A"] < p["ci95"]["A"][1]
+    assert p["compute_optimal"]["tokens_per_param"] == pytest.approx(17.9, abs=0.1)
+    assert p["compute_optimal"]["extrapolated"] is True
+    assert "D = C / (6 N)" in fits["source"]["D_definition"] and "D = C / (6 N)" in stdout
+    assert "isoflop" not in fits and "per_tier" not in fits  # no budgets, no tiers in this file
+    assert any(w.startswith("parametric: extrapolation") for w in fits["warnings"])
+    report = (out / "REPORT.md").read_text()
+    assert "| A | 477.8 |" in report and "![iso_loss](iso_loss.png)" in report
+    assert (out / "iso_loss.png").exists() and (out / "residuals.png").exists()
+
+
+def test_fvlm_csv_flags_size_term_and_larger_model(tmp_path, capsys):
+    df = pd.read_csv(need(FVLM))
+    df = df[df["run_id"].isin(["135M-C1-F", "135M-C2-F", "135M-C3-F", "135M-C4-F", "360M-scaling"])]
+    df = df.assign(total_params=np.where(df["model_size"] == "135M", 157_600_000, 382_600_000))
+    csv = tmp_path / "fvlm_169.csv"
+    df.to_csv(csv, index=False)
+    out = tmp_path / "fvlm"
+    rc, stdout, err = run(
+        [
+            "--csv",
+            csv,
+            "--n-col",
+            "total_params",
+            "--d-col",
+            "samples_seen",
+            "--loss-col",
+            "val_loss",
+            "--tier-col",
+            "model_size",
+            "--group-col",
+            "run_id",
+            "--schedule-col",
+            "lr_schedule",
+            "--bootstrap",
+            "30",
+            "--no-plots",
+            "--out",
+            out,
+        ],
+        capsys,
+    )
+    assert rc == 0, err
+    fits = json.loads((out / "fits.json").read_text())
+    ident = fits["parametric"]["identified"]
+    assert ident["A"] is False and ident["alpha"] is False
+    text = " | ".join(fits["warnings"])
+    assert "larger model with higher loss at equal D" in text and "mixed LR schedules" in text
+    assert set(fits["per_tier"]) == {"135M", "360M"}
+    for d in fits["per_tier"].values():
+        assert all(isinstance(d[k], float) for k in ("E", "B", "beta"))
+
+
+def test_budget_column_gives_isoflop_exponents(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    rows = []
+    for C in np.logspace(18, 21, 5):
+        n_opt, _ = compute_optimal(TRUTH, C)
+        for N in n_opt * np.logspace(-0.75, 0.75, 7):
+            D = C / (6 * N)
+            L = TRUTH["E"] + TRUTH["A"] / N ** TRUTH["alpha"] + TRUTH["B"] / D ** TRUTH["beta"]
+            rows.append(
+                {"params": N, "tokens": D, "flops": C, "budget": C, "loss": L * np.exp(rng.normal(0, 0.003))}
+            )
+    csv = tmp_path / "iso.csv"
+    pd.DataFrame(rows).to_csv(csv, index=False)
+    out = tmp_path / "iso"
+    rc, _, err = run(
+        [
+            "--csv",
+            csv,
+            "--n-col",
+            "params",
+            "--d-col",
+            "tokens",
+            "--c-col",
+            "flops",
+            "--loss-col",
+            "loss",
+            "--budget-col",
+            "budget",
+            "--bootstrap",
+            "100",
+            "--no-plots",
+            "--out",
+            out,
+        ],
+        capsys,
+    )
+    assert rc == 0, err
+    fits = json.loads((out / "fits.json").read_text())
+    iso = fits["isoflop"]
+    a_true = TRUTH["beta"] / (TRUTH["alpha"] + TRUTH["beta"])
+    assert iso["n_budgets"] == 5 and iso["a"] == pytest.approx(a_true, abs=0.02)
+    assert iso["ci95"]["a"][0] < iso["a"] < iso["ci95"]["a"][1]
+    assert fits["parametric"]["a_opt"] == pytest.approx(a_true, abs=0.02)
+    assert fits["source"]["kappa"] == pytest.approx(6.0)
+    assert "## Fits" in (out / "REPORT.md").read_text()
+
+
+def test_module_form_runs(tmp_path):
+    out = tmp_path / "m"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "analysis.fit_laws",
+            "--csv",
+            str(need(CHINCHILLA)),
+            *CHIN_ARGS,
+            "--bootstrap",
+            "0",
+            "--no-plots",
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr
+    assert (out / "fits.json").exists()
+
+
+def _csv(tmp_path, **cols) -> Path:
+    base = {
+        "N": [1e8, 2e8, 4e8, 8e8, 1.6e9, 3.2e9, 6.4e9],
+        "D": [1e10] * 7,
+        "loss": [3.0, 2.9, 2.8, 2.75, 2.7, 2.68, 2.66],
+    }
+    base.update(cols)
+    path = tmp_path / "bad.csv"
+    pd.DataFrame(base).to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize(
+    "case, expect",
+    [
+        ("missing_file", "no such CSV file"),
+        ("missing_column", "column 'params' not in"),
+        ("nonpositive", "must be positive"),
+        ("nan", "NaN"),
+        ("too_few", "too few rows"),
+        ("no_d_or_c", "--d-col"),
+        ("both_sources", "either --csv or --store"),
+    ],
+)
+def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, case, expect):
+    out = tmp_path / "out"
+    cols = ["--n-col", "N", "--d-col", "D", "--loss-col", "loss"]
+    if case == "missing_file":
+        argv = ["--csv", tmp_path / "nope.csv", *cols]
+    elif case == "missing_column":
+        argv = ["--csv", _csv(tmp_path), "--n-col", "params", "--d-col", "D", "--loss-col", "loss"]
+    elif case == "nonpositive":
+        argv = ["--csv", _csv(tmp_path, D=[1e10] * 6 + [0.0]), *cols]
+    elif case == "nan":
+        argv = ["--csv", _csv(tmp_path, loss=[3.0, 2.9, np.nan, 2.75, 2.7, 2.68, 2.66]), *cols]
+    elif case == "too_few":
+        argv = ["--csv", _csv(tmp_path), *cols, "--exclude-top-loss", "3"]
+    elif case == "no_d_or_c":
+        argv = ["--csv", _csv(tmp_path), "--n-col", "N", "--loss-col", "loss"]
+    else:
+        argv = ["--csv", _csv(tmp_path), *cols, "--store", tmp_path]
+    rc, stdout, err = run([*argv, "--out", out], capsys)
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fit_laws: error:") and expect in lines[0], err
+    assert not out.exists() and stdout == ""

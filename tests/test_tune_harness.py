@@ -1,0 +1,225 @@
+"""The Ray Tune harness end to end on a real local Ray cluster, with --smoke-test sized cells.
+
+Run: pytest tests/test_tune_harness.py            (a few minutes on 2 cores; -m "not slow" for the quick part)
+In-process tests share the session's `ray_cluster` (2 CPUs + 1 logical GPU, tests/conftest.py). The SIGKILL
+test runs the driver as a subprocess that starts its own local cluster (RAY_ADDRESS removed), so killing it
+leaves the session cluster alone.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from analysis.store import KEY_COLUMNS, METRICS, load_store
+from tune import ablate, lr_sweep, scaling_grid
+from tune.resources import analytic_memory_mb
+
+REPO = Path(__file__).resolve().parent.parent
+SMOKE = ["--smoke-test", "--preset", "cpu"]
+
+
+def trial_dirs(exp: Path) -> list[Path]:
+    return sorted(p for p in exp.iterdir() if (p / "params.json").exists()) if exp.exists() else []
+
+
+def final_rows(exp: Path) -> pd.DataFrame:
+    evals, _ = load_store(exp, refresh=True)
+    return evals[evals["status"] != "running"]
+
+
+# ----------------------------------------------------------------------------- no trials
+
+
+def test_dry_run_starts_no_trial(tmp_path, capsys):
+    assert scaling_grid.main([*SMOKE, "--storage", str(tmp_path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "4 cell(s) to run" in out and "predicted wall" in out and "CPU packing" in out
+    assert not (tmp_path / "grid-cpu-smoke").exists()
+
+
+def test_dry_run_of_the_cpu_preset_fits_15_minutes(tmp_path, capsys):
+    assert scaling_grid.main(["--preset", "cpu", "--storage", str(tmp_path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    cells = int(out.split(" cell(s) to run")[0].rsplit("\n", 1)[-1])
+    minutes = float(out.split("predicted wall ")[1].split(" min")[0])
+    assert cells >= 16 and minutes <= 12, out
+
+
+def test_bad_input_exits_2_with_one_line(tmp_path, capsys):
+    assert scaling_grid.main([*SMOKE, "--storage", str(tmp_path), "--set", "model.scal=2", "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "model.scale" in err and len(err.splitlines()) == 1
+    with pytest.raises(SystemExit) as e:
+        scaling_grid.main(["--preset", "gpu"])
+    assert e.value.code == 2
+    assert ablate.main(["--param", "bogus", "--storage", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown ablation 'bogus'" in err and "deep_query" in err and "coarse_only" in err
+    assert not any(tmp_path.iterdir())
+
+
+def test_lr_from_a_sweep_file_is_used_and_stored(tmp_path, capsys):
+    lr_dir = tmp_path / "lr-cpu-smoke"
+    lr_dir.mkdir()
+    (lr_dir / "best_lr.json").write_text(json.dumps({"s1": {"lr": 0.0123, "source": "test sweep", "dial_lr": 0.004}}))
+    assert scaling_grid.main([*SMOKE, "--storage", str(tmp_path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "0.0123 (lr_sweep)" in out and "(dial)" in out  # s1 from the sweep, s2 from the dial
+
+
+# ----------------------------------------------------------------------------- real trials
+
+
+def test_smoke_grid_end_to_end_then_skips_complete_cells(ray_cluster, tmp_path, capsys):
+    args = [*SMOKE, "--storage", str(tmp_path)]
+    assert scaling_grid.main(args) == 0
+    exp = tmp_path / "grid-cpu-smoke"
+    evals, runs = load_store(exp)
+    assert len(runs) == 4 and set(runs["status"]) == {"complete"}
+    finals = final_rows(exp)
+    assert finals.groupby("trial_id").size().tolist() == [1, 1, 1, 1]  # one final row per cell
+    assert set(KEY_COLUMNS + METRICS) <= set(evals.columns)
+    assert set(evals["kind"]) == {"grid"} and set(evals["experiment"]) == {"grid-cpu-smoke"}
+    assert finals["val_loss"].notna().all() and (finals["budget_flops"] > 0).all()
+    assert set(runs["lr_source"].str.split(":").str[0]) == {"dial"}
+    assert sorted(runs["tier"]) == ["s1", "s1", "s2", "s2"]
+    assert (exp / "store" / "runs.parquet").exists() and (exp / "store" / "evals.parquet").exists()
+    capsys.readouterr()
+    before = trial_dirs(exp)
+    assert scaling_grid.main(args) == 0
+    assert "all 4 cell(s) already complete" in capsys.readouterr().out
+    assert trial_dirs(exp) == before
+
+
+def test_injected_oom_walks_the_ladder_and_completes(ray_cluster, tmp_path):
+    args = [*SMOKE, "--storage", str(tmp_path), "--tiers", "1", "--budgets", "2.4e9",
+            "--set", "train.inject_oom_steps=[2]", "--set", "train.eval_points=4"]
+    assert scaling_grid.main(args) == 0
+    evals, runs = load_store(tmp_path / "grid-cpu-smoke")
+    assert runs["status"].tolist() == ["complete"]
+    final = evals.iloc[-1]
+    assert (final["micro_batch"], final["grad_accum"], final["oom_retries"]) == (4, 2, 1)
+    assert "step 2: OOM -> micro_batch 4 x grad_accum 2" in final["ladder"]
+    early = evals[evals["step"] < 2]
+    assert (early["micro_batch"] == 8).all() and (early["oom_retries"] == 0).all()
+
+
+def test_quarter_card_cells_run_four_at_a_time(ray_cluster, tmp_path, capsys):
+    from fvlm.config import load_config
+
+    cfg = load_config(REPO / "configs" / "base.yaml", {"model.scale": 1, "train.batch_size": 8, "train.steps": 1})
+    mem, _, _ = analytic_memory_mb(cfg)
+    card = 4 * (mem * 1.2 + 600) + 1  # each cell needs about a quarter of this "card"
+    args = ["--smoke-test", "--preset", "4090", "--storage", str(tmp_path), "--gpu-mem-mb", str(card),
+            "--tiers", "1", "--budgets", "2e10", "--seeds", "4"]
+    assert scaling_grid.main(args) == 0
+    out = capsys.readouterr().out
+    assert "4 trial(s) share a GPU" in out
+    evals, runs = load_store(tmp_path / "grid-4090-smoke")
+    assert len(runs) == 4 and set(runs["status"]) == {"complete"}
+    assert set(evals["gpu_fraction"]) == {0.25}
+    spans = evals.groupby("trial_id").agg(start=("trial_started_at", "min"), end=("timestamp", "max"))
+    latest_start = spans["start"].max()
+    assert (spans["end"] > latest_start).all(), spans  # all four were running at the same moment
+
+
+def test_a_cell_above_the_card_is_refused_before_launch(ray_cluster, tmp_path, capsys):
+    args = ["--smoke-test", "--preset", "4090", "--storage", str(tmp_path), "--gpu-mem-mb", "300"]
+    assert scaling_grid.main(args) == 2
+    err = capsys.readouterr().err
+    assert "refused before launch" in err and "card has 300 MiB" in err and "micro_batch 1" in err
+    assert not trial_dirs(tmp_path / "grid-4090-smoke")
+
+
+def test_ablation_smoke_appends_a_verdict_row(ray_cluster, tmp_path, capsys):
+    log = tmp_path / "LOG.md"
+    args = ["--param", "deep_query", *SMOKE, "--storage", str(tmp_path), "--log", str(log)]
+    assert ablate.main(args) == 0
+    out = capsys.readouterr().out
+    assert "model.deep_query = false:" in out and "paired seeds" in out
+    text = log.read_text()
+    assert "| Date | Experiment |" in text
+    row = [line for line in text.splitlines() if "ablate-deep_query-cpu-smoke" in line]
+    assert len(row) == 1 and any(k in row[0] for k in ("VALIDATED", "FAILED", "INCONCLUSIVE"))
+    assert "model.deep_query: true -> false" in row[0]
+    _, runs = load_store(tmp_path / "ablate-deep_query-cpu-smoke")
+    assert sorted(runs["arm"].unique()) == ["baseline", "false"]
+    assert runs.groupby("arm")["seed"].apply(sorted).tolist() == [[0, 1, 2], [0, 1, 2]]
+
+
+@pytest.mark.slow
+def test_lr_sweep_smoke_writes_best_lr_for_the_grid(ray_cluster, tmp_path, capsys):
+    assert lr_sweep.main([*SMOKE, "--storage", str(tmp_path)]) == 0
+    best = json.loads((tmp_path / "lr-cpu-smoke" / "best_lr.json").read_text())
+    assert set(best) == {"s1"} and best["s1"]["lr"] > 0 and "lr-cpu-smoke/s1 trial" in best["s1"]["source"]
+    _, runs = load_store(tmp_path / "lr-cpu-smoke" / "s1")
+    assert len(runs) == 3 and (runs["status"] == "complete").sum() >= 1
+    assert abs(runs.sort_values("trial_id")["config.train.lr"].iloc[0] - best["s1"]["dial_lr"]) >= 0  # ran
+    assert float(best["s1"]["dial_lr"]) in set(runs["config.train.lr"].astype(float))  # points_to_evaluate
+    capsys.readouterr()
+    assert scaling_grid.main([*SMOKE, "--storage", str(tmp_path), "--dry-run"]) == 0
+    assert f"{best['s1']['lr']:.3g} (lr_sweep)" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- SIGKILL + --resume
+
+
+def _statuses(exp: Path) -> dict[str, list[str]]:
+    out = {}
+    for d in trial_dirs(exp):
+        rows = []
+        for line in (d / "result.json").read_text().splitlines() if (d / "result.json").exists() else []:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass
+        out[d.name] = [r.get("status") for r in rows]
+    return out
+
+
+@pytest.mark.slow
+def test_sigkill_mid_grid_then_resume_reruns_nothing_complete(tmp_path):
+    cmd = [sys.executable, str(REPO / "tune" / "scaling_grid.py"), *SMOKE, "--storage", str(tmp_path),
+           "--tiers", "1", "--budgets", "4e10", "--seeds", "6", "--set", "train.eval_points=4"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(WANDB_MODE="disabled", PYTHONUNBUFFERED="1")
+    exp = tmp_path / "grid-cpu-smoke"
+    log = open(tmp_path / "driver.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            done = [t for t, s in _statuses(exp).items() if s and s[-1] == "complete"]
+            if len(done) >= 2:
+                break
+            assert proc.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+            time.sleep(0.5)
+        else:
+            pytest.fail("no two trials completed within 240 s")
+        os.kill(proc.pid, signal.SIGKILL)  # the driver only: its Ray cluster dies with it
+        proc.wait()
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # leftovers of the cluster this test started (its own group)
+        except ProcessLookupError:
+            pass
+        log.close()
+    time.sleep(2)
+    snapshot = {t: (exp / t / "result.json").read_text() for t, s in _statuses(exp).items() if s[-1:] == ["complete"]}
+    assert len(snapshot) >= 2 and len(trial_dirs(exp)) < 6 or any(s[-1:] != ["complete"] for s in _statuses(exp).values())
+    res = subprocess.run([*cmd, "--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+                         start_new_session=True)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    evals, runs = load_store(exp, refresh=True)
+    assert len(runs) == 6 and set(runs["status"]) == {"complete"}
+    assert not evals.duplicated(["trial_id", "step"]).any()  # no duplicate rows
+    for trial, text in snapshot.items():  # complete before the kill: not rerun, not a row added
+        assert (exp / trial / "result.json").read_text() == text
+    assert final_rows(exp).groupby("trial_id").size().eq(1).all()
