@@ -13,10 +13,14 @@ difference d_i = variant_i - baseline_i and the effect is mean(d). We report
   * p_value: the two-sided paired t-test of mean(d) = 0;
   * p_boot: a two-sided bootstrap test (resampling the centred differences), shown beside the t-test;
   * ci95_boot: the bootstrap percentile interval, for reference.
-Labels ("better" means lower when lower_is_better, else higher):
-  VALIDATED    the variant is better, the paired-t CI excludes 0 and p_value < alpha;
-  FAILED       the variant is worse by the same criteria (significantly worse);
+Labels judge the HYPOTHESIS, whose direction is ``expect``: "better" (the variant should beat the
+baseline, the default) or "worse" (the variant should lose, e.g. "shallow query is worse than deep").
+"Better" means lower when lower_is_better, else higher. Significant = the paired-t CI excludes 0 and
+p_value < alpha.
+  VALIDATED    significant, in the expected direction;
+  FAILED       significant, against the expected direction;
   INCONCLUSIVE anything else: fewer than 2 pairs, a CI containing 0, or p_value >= alpha.
+The impact (adopt the variant / keep the baseline) follows the measured direction, not the hypothesis.
 """
 
 from __future__ import annotations
@@ -50,10 +54,17 @@ class Verdict:
     label: str
     lower_is_better: bool = True
     alpha: float = 0.05
+    expect: str = "better"  # the hypothesis' direction for the variant: better | worse
+    significant: bool = False
     ci95_boot: tuple[float, float] = (math.nan, math.nan)
     diffs: list[float] = field(default_factory=list)
     seeds: list = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def variant_better(self) -> bool:
+        """The measured direction (whatever the hypothesis expected)."""
+        return bool(self.effect < 0 if self.lower_is_better else self.effect > 0)
 
     @property
     def relative_effect(self) -> float:
@@ -71,8 +82,11 @@ def paired_verdict(
     alpha: float = 0.05,
     n_boot: int = 2000,
     seed: int = 0,
+    expect: str = "better",
 ) -> Verdict:
     """Verdict for one variant against the baseline; baseline[i] and variant[i] share seed i."""
+    if expect not in ("better", "worse"):
+        raise ValueError(f"expect must be 'better' or 'worse', got {expect!r}")
     b = np.asarray(baseline, dtype=float).ravel()
     v = np.asarray(variant, dtype=float).ravel()
     if len(b) != len(v):
@@ -100,6 +114,8 @@ def paired_verdict(
             INCONCLUSIVE,
             lower_is_better,
             alpha,
+            expect,
+            False,
             nan2,
             [],
             [],
@@ -129,7 +145,8 @@ def paired_verdict(
             notes.append(f"only {n} seeds: the test has little power")
     better = effect < 0 if lower_is_better else effect > 0
     significant = n >= 2 and np.isfinite(p) and p < alpha and not (ci[0] <= 0.0 <= ci[1])
-    label = (VALIDATED if better else FAILED) if significant and effect != 0 else INCONCLUSIVE
+    significant = bool(significant and effect != 0)
+    label = (VALIDATED if better == (expect == "better") else FAILED) if significant else INCONCLUSIVE
     return Verdict(
         param=param,
         arm=arm,
@@ -144,6 +161,8 @@ def paired_verdict(
         label=label,
         lower_is_better=lower_is_better,
         alpha=alpha,
+        expect=expect,
+        significant=significant,
         ci95_boot=ci_boot,
         diffs=[float(x) for x in d],
         notes=notes,
@@ -157,6 +176,7 @@ def verdicts_from_runs(
     metric: str = "final_val_loss",
     baseline_arm: str = "baseline",
     lower_is_better: bool = True,
+    expect: str = "better",
 ) -> list[Verdict]:
     """One verdict per non-baseline arm, pairing runs with the baseline by `seed`.
 
@@ -195,6 +215,7 @@ def verdicts_from_runs(
             arm=arm,
             metric=metric,
             lower_is_better=lower_is_better,
+            expect=expect,
         )
         v.seeds = list(seeds)
         unpaired = sorted((set(base.index) ^ set(var.index)), key=str)
@@ -229,9 +250,9 @@ def result_text(v: Verdict) -> str:
 
 def impact_text(v: Verdict) -> str:
     what = f"{v.param}={v.arm}" if v.param else v.arm
-    if v.label == VALIDATED:
+    if v.significant and v.variant_better:
         return f"adopt {what} (candidate for --promote)"
-    if v.label == FAILED:
+    if v.significant:
         return f"keep the baseline; {what} is worse"
     return f"no decision on {what}: effect within noise at {v.n_seeds} seeds (more seeds or a larger budget)"
 
@@ -273,7 +294,7 @@ def format_verdict(verdict: Verdict) -> str:
     v = verdict
     direction = "lower is better" if v.lower_is_better else "higher is better"
     lines = [
-        f"{v.param or 'ablation'} = {v.arm}: {v.label}",
+        f"{v.param or 'ablation'} = {v.arm}: {v.label} (hypothesis: the variant is {v.expect})",
         f"  metric    {v.metric} ({direction}), {v.n_seeds} paired seeds",
         f"  baseline  {_num(v.baseline_mean)}",
         f"  variant   {_num(v.variant_mean)}",

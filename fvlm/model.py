@@ -179,6 +179,15 @@ class FoveatedVLM(nn.Module):
         if m.gradient_checkpointing:
             self.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
+    def backbone_dims(self) -> dict[str, int]:
+        """The sizes of the backbones as built (from loaded weights they may differ from the dial's)."""
+        d, llm = self.encoder.dino.config, self.llm.config
+        return {"dino_hidden": d.hidden_size, "dino_layers": d.num_hidden_layers, "dino_heads": d.num_attention_heads,
+                "dino_intermediate": int(d.hidden_size * d.mlp_ratio), "patch_size": d.patch_size,
+                "llm_hidden": llm.hidden_size, "llm_layers": llm.num_hidden_layers,
+                "llm_heads": llm.num_attention_heads, "llm_kv_heads": llm.num_key_value_heads,
+                "llm_intermediate": llm.intermediate_size}
+
     # --- parameter groups (upstream's gotcha fixed: output_proj belongs to the connector) ---
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         groups: dict[str, list[nn.Parameter]] = {"connector": [], "dino": [], "llm": []}
@@ -206,15 +215,21 @@ class FoveatedVLM(nn.Module):
     def _hidden(self, embeds: torch.Tensor) -> torch.Tensor:
         return self.llm.model(inputs_embeds=embeds, use_cache=False).last_hidden_state
 
-    def _caption_loss(self, h_text: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor):
+    def _caption_loss(self, h_text: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor,
+                      tokens: torch.Tensor | None = None):
         """Next-token CE over the caption: position j predicts token j+1; masked targets are -100.
 
+        ``tokens`` (optional, ``batch["caption_tokens"]``): divide the token sum by this instead of by the
+        batch's own token count. fvlm/train.py sets it when one effective batch is split into micro-batches,
+        so that their sample-share-weighted sum is the token mean of the whole effective batch.
         Returns the loss and the logits of every caption position [B, S, V] (the last predicts nothing)."""
         logits = self.llm.lm_head(h_text).float()
         labels = input_ids[:, 1:].masked_fill(loss_mask[:, 1:] == 0, -100)
         pred = logits[:, :-1]
-        loss = F.cross_entropy(pred.reshape(-1, pred.shape[-1]), labels.reshape(-1), ignore_index=-100)
-        return loss, logits
+        reduction = "mean" if tokens is None else "sum"
+        loss = F.cross_entropy(pred.reshape(-1, pred.shape[-1]), labels.reshape(-1), ignore_index=-100,
+                               reduction=reduction)
+        return (loss if tokens is None else loss / tokens), logits
 
     def _latents(self, frames: torch.Tensor) -> torch.Tensor:
         b, t = frames.shape[:2]
@@ -293,7 +308,7 @@ class FoveatedVLM(nn.Module):
         def score(h: torch.Tensor, name: str) -> torch.Tensor:
             parts = []
             if wants_caption:
-                cap, logits = self._caption_loss(h[:, t:], ids, mask)
+                cap, logits = self._caption_loss(h[:, t:], ids, mask, batch.get("caption_tokens"))
                 setattr(out, f"caption_{name}", cap)
                 out.logits = logits
                 parts.append(cap)
@@ -372,7 +387,7 @@ class FoveatedVLM(nn.Module):
         out = Output(loss=torch.zeros(()), attn_fine=torch.stack(maps, dim=1))
         parts = []
         if self.cfg.objective in ("caption", "joint"):
-            out.caption_fine, out.logits = self._caption_loss(h_text, ids, mask)
+            out.caption_fine, out.logits = self._caption_loss(h_text, ids, mask, batch.get("caption_tokens"))
             parts.append(out.caption_fine)
         if self.cfg.objective in ("reconstruct", "joint"):
             out.recon_fine = self._recon_loss(torch.stack(hs, dim=1), self._latents(frames))

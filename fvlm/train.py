@@ -72,6 +72,10 @@ def build(cfg: Config, device: torch.device | str = "cpu") -> tuple[FoveatedVLM,
     special = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
     torch.manual_seed(cfg.train.seed)
     model = FoveatedVLM(cfg.model, cfg.world, len(tok), special).to(device)
+    if cfg.model.llm_path or cfg.model.dino_path:
+        # loaded weights define the sizes: keep the config (FLOPs, memory, hash) true to what was built
+        for key, value in model.backbone_dims().items():
+            setattr(cfg.model, key, value)
     return model, world
 
 
@@ -201,11 +205,19 @@ def evaluate(model: FoveatedVLM, world: VideoWorld, cfg: Config, batch_size: int
     sums: dict[str, float] = {}
     seen = 0
     limit = min(cfg.train.eval_samples, cfg.world.val_size)
+    # FIX (tests/test_train.py::test_oom_ladder_keeps_the_effective_batch_and_the_sample_order): the val
+    # losses are token means over exactly `limit` clips at any eval batch size (the OOM ladder halves it):
+    # the last batch is cut at `limit`, and each batch's caption CE is its token sum over the set's token
+    # count scaled to the batch's sample share, so the sample-weighted mean below is the token mean.
+    tokens = int(world.val_set()["loss_mask"][:limit, 1:].sum())
     for batch in world.val_batches(batch_size):
         if seen >= limit:
             break
+        if seen + len(batch["captions"]) > limit:
+            batch = {k: v[: limit - seen] for k, v in batch.items()}
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
         n = batch["frames"].shape[0]
+        batch["caption_tokens"] = torch.tensor(tokens * n / limit, device=device)
         with autocast(device, amp):
             out = model(batch, compute_coarse=True)
             vals = {"val_loss": out.loss_fine if out.loss_fine is not None else out.loss_coarse,
@@ -328,6 +340,11 @@ def train(cfg: Config, report: Report | None = None, *, resume: str | Path | Non
             final = st["step"] >= steps
             metrics = evaluate(model, world, cfg, st["micro_batch"], device, amp, final=final)
             st["last_eval"] = st["step"]
+            if not math.isfinite(metrics.get("val_loss", float("nan"))):  # diverged between two train steps
+                status, error = "diverged", f"non-finite val_loss {metrics.get('val_loss')} at step {st['step']}"
+                emit({**metrics, "error": error}, status)
+                log(f"DIVERGED: {error}")
+                break
             r = emit(metrics, "complete" if final else "running")
             log(f"eval step {st['step']} | val_loss {r['val_loss']:.4f} | fine {r['val_loss_fine']:.4f} | "
                 f"coarse {r['val_loss_coarse']:.4f} | ratio {r['loss_ratio']:.4f} | entropy coarse "
@@ -412,13 +429,20 @@ def _step(runner, model, opt, world, cfg, indices, st, device, amp) -> tuple[flo
     mb, total = st["micro_batch"], len(indices)
     opt.zero_grad(set_to_none=True)
     loss_sum = 0.0
-    for start in range(0, total, mb):
-        chunk = indices[start : start + mb]
-        batch = world.batch("train", chunk, stream_seed=cfg.train.seed)
+    chunks = [world.batch("train", indices[s : s + mb], stream_seed=cfg.train.seed) for s in range(0, total, mb)]
+    if len(chunks) > 1:
+        # FIX (tests/test_train.py::test_oom_ladder_keeps_the_effective_batch_and_the_sample_order): the caption
+        # CE is a mean over scored tokens and captions have 5 or 7, so weighting each micro-batch's token mean
+        # by its sample share changed the objective with micro_batch (5e-4 relative on one step). Each
+        # micro-batch's token sum is divided by the effective batch's token count, scaled to its sample share.
+        scored = sum(int(c["loss_mask"][:, 1:].sum()) for c in chunks)
+        for c in chunks:
+            c["caption_tokens"] = torch.tensor(scored * len(c["captions"]) / total)  # a tensor: no recompiles
+    for batch in chunks:
+        weight = len(batch["captions"]) / total  # sample share: the same effective batch at any micro-batch
         batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
         with autocast(device, amp):
             out = runner(batch)
-        weight = len(chunk) / total  # sample share: the effective batch is the same at any micro-batch
         (out.loss * weight).backward()
         loss_sum += float(out.loss.detach()) * weight
     params = [p for g in opt.param_groups for p in g["params"]]

@@ -142,7 +142,7 @@ def test_log_row_and_append_log(tmp_path):
 def test_format_verdict_is_readable():
     v = paired_verdict([2.0, 2.1, 2.05], [2.0, 2.12, 2.04], param="train.lr", arm="2e-3")
     text = format_verdict(v)
-    assert text.splitlines()[0] == "train.lr = 2e-3: INCONCLUSIVE"
+    assert text.splitlines()[0] == "train.lr = 2e-3: INCONCLUSIVE (hypothesis: the variant is better)"
     for key in ("baseline", "variant", "effect", "95% CI", "paired t p=", "per seed"):
         assert key in text
 
@@ -199,3 +199,19 @@ def test_evalcheck_says_what_it_cannot_measure():
     row = check_evals(ev, ["val_loss"]).iloc[0]
     assert np.isnan(row["snr"]) and not row["pass_noise"]
     assert "noise not measured" in row["notes"] and "ranking needs >= 3" in row["notes"]
+
+
+def test_expect_worse_judges_the_hypothesis_not_the_variant():
+    # hypothesis "the shallow query is worse": a clearly worse variant VALIDATES it, a better one FAILS it,
+    # and the impact follows the measured direction either way
+    base = np.array([1.00, 1.02, 0.99])
+    worse = base + np.array([0.10, 0.11, 0.09])
+    v = paired_verdict(base, worse, param="model.deep_query", arm="False", expect="worse")
+    assert v.label == VALIDATED and v.significant and not v.variant_better
+    assert "keep the baseline" in log_row(v, experiment="e", hypothesis="h", config="c")
+    better = base - np.array([0.10, 0.11, 0.09])
+    v2 = paired_verdict(base, better, expect="worse")
+    assert v2.label == FAILED and v2.variant_better
+    assert "adopt" in log_row(v2, experiment="e", hypothesis="h", config="c")
+    with pytest.raises(ValueError):
+        paired_verdict(base, worse, expect="sideways")

@@ -80,9 +80,13 @@ def test_bad_value_names_the_field(override, field):
 
 
 def test_override_values_are_parsed_as_yaml_and_coerced():
-    cfg = load_config(BASE, ["model.deep_query=false", "train.lr=1e-3", "model.scale=1", "train.inject_oom_steps=3"])
+    cfg = load_config(
+        BASE, ["model.deep_query=false", "train.lr=1e-3", "model.scale=1", "train.inject_oom_steps=3"]
+    )
     assert cfg.model.deep_query is False
-    assert cfg.train.lr == pytest.approx(1e-3) and isinstance(cfg.train.lr, float)  # YAML reads 1e-3 as a string
+    assert cfg.train.lr == pytest.approx(1e-3) and isinstance(
+        cfg.train.lr, float
+    )  # YAML reads 1e-3 as a string
     assert cfg.train.inject_oom_steps == [3]
     with pytest.raises(ConfigError, match="key=value"):
         load_config(BASE, ["model.deep_query"])
@@ -101,7 +105,10 @@ def test_an_explicit_batch_needs_no_explicit_micro_batch():
 def test_cli_bad_key_exits_2_with_one_line_and_no_traceback():
     proc = subprocess.run(
         [sys.executable, "-m", "fvlm.train", "--config", str(BASE), "model.deep_qury=false"],
-        capture_output=True, text=True, cwd=ROOT, timeout=120,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
     )
     assert proc.returncode == 2
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
@@ -142,7 +149,13 @@ def test_larger_scale_means_larger_model_and_lr_follows_one_over_sqrt_width():
         if prev is not None:
             assert m.llm_hidden > prev["width"] and m.llm_layers > prev["layers"] and params > prev["params"]
             assert m.dino_layers >= prev["dino_layers"] and t.lr < prev["lr"]
-        prev = {"width": width, "layers": m.llm_layers, "params": params, "dino_layers": m.dino_layers, "lr": t.lr}
+        prev = {
+            "width": width,
+            "layers": m.llm_layers,
+            "params": params,
+            "dino_layers": m.dino_layers,
+            "lr": t.lr,
+        }
     assert cfg_of(**{"model.scale": rule["base_scale"]}).train.lr == pytest.approx(rule["base_lr"])
 
 
@@ -152,14 +165,41 @@ def test_an_explicit_size_wins_over_the_dial():
 
 
 REAL_DIMS = {  # published SmolLM2 / DINOv2 configs
-    "135M": dict(llm_hidden=576, llm_layers=30, llm_heads=9, llm_kv_heads=3, llm_intermediate=1536,
-                 dino_hidden=384, dino_layers=12, dino_heads=6, dino_intermediate=1536, patch_size=14),
-    "360M": dict(llm_hidden=960, llm_layers=32, llm_heads=15, llm_kv_heads=5, llm_intermediate=2560,
-                 dino_hidden=384, dino_layers=12, dino_heads=6),
-    "1.7B": dict(llm_hidden=2048, llm_layers=24, llm_heads=32, llm_kv_heads=32, llm_intermediate=8192,
-                 dino_hidden=384, dino_layers=12, dino_heads=6),
-    "135M-dinob": dict(llm_hidden=576, llm_layers=30, dino_hidden=768, dino_layers=12, dino_heads=12,
-                       dino_intermediate=3072),
+    "135M": dict(
+        llm_hidden=576,
+        llm_layers=30,
+        llm_heads=9,
+        llm_kv_heads=3,
+        llm_intermediate=1536,
+        dino_hidden=384,
+        dino_layers=12,
+        dino_heads=6,
+        dino_intermediate=1536,
+        patch_size=14,
+    ),
+    "360M": dict(
+        llm_hidden=960,
+        llm_layers=32,
+        llm_heads=15,
+        llm_kv_heads=5,
+        llm_intermediate=2560,
+        dino_hidden=384,
+        dino_layers=12,
+        dino_heads=6,
+    ),
+    "1.7B": dict(
+        llm_hidden=2048,
+        llm_layers=24,
+        llm_heads=32,
+        llm_kv_heads=32,
+        llm_intermediate=8192,
+        dino_hidden=384,
+        dino_layers=12,
+        dino_heads=6,
+    ),
+    "135M-dinob": dict(
+        llm_hidden=576, llm_layers=30, dino_hidden=768, dino_layers=12, dino_heads=12, dino_intermediate=3072
+    ),
 }
 
 
@@ -195,11 +235,19 @@ def test_config_hash_is_stable_and_sensitive(tmp_path):
     path.write_text(yaml.safe_dump(to_dict(a)))
     assert config_hash(load_config(path)) == config_hash(a)
     # run naming, the compass text and fault injection are not part of the experiment's identity
-    same = load_config(BASE, ["model.scale=1", "run.name=other", "compass.why=x", "train.inject_oom_steps=[2]"])
+    same = load_config(
+        BASE, ["model.scale=1", "run.name=other", "compass.why=x", "train.inject_oom_steps=[2]"]
+    )
     assert config_hash(same) == config_hash(a)
     # every experiment field is
-    for override in ("model.deep_query=false", "train.seed=1", "world.noise=0.05", "train.lr=1e-3",
-                     "model.scale=2", "train.eval_samples=128"):
+    for override in (
+        "model.deep_query=false",
+        "train.seed=1",
+        "world.noise=0.05",
+        "train.lr=1e-3",
+        "model.scale=2",
+        "train.eval_samples=128",
+    ):
         assert config_hash(load_config(BASE, ["model.scale=1", override])) != config_hash(a), override
 
 

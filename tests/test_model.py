@@ -205,8 +205,15 @@ def test_one_mode_per_call_per_sample_loop_equals_batched(mode, deep):
         losses, counts = [], []
         for i in range(4):
             width = int(batch["attention_mask"][i].sum())
-            one = {k: (v[i : i + 1, :width] if k in ("input_ids", "attention_mask", "loss_mask", "labels")
-                       else v[i : i + 1]) for k, v in batch.items() if torch.is_tensor(v)}
+            one = {
+                k: (
+                    v[i : i + 1, :width]
+                    if k in ("input_ids", "attention_mask", "loss_mask", "labels")
+                    else v[i : i + 1]
+                )
+                for k, v in batch.items()
+                if torch.is_tensor(v)
+            }
             out = model(one, mode=mode)
             assert torch.allclose(out.logits[0], full.logits[i, :width], atol=1e-5)
             losses.append(out.loss_fine if mode != "coarse_only" else out.loss_coarse)
@@ -267,14 +274,18 @@ def test_coarse_visual_states_do_not_depend_on_the_text():
     them) must not depend on the text, and the fine loss must equal the two-pass computation."""
     model, world = make(**{"model.lambda_coarse": 0.0})
     batch = world.batch("train", range(4))
-    other = dict(batch, input_ids=torch.flip(batch["input_ids"], [0]), loss_mask=torch.flip(batch["loss_mask"], [0]))
+    other = dict(
+        batch, input_ids=torch.flip(batch["input_ids"], [0]), loss_mask=torch.flip(batch["loss_mask"], [0])
+    )
     t = batch["frames"].shape[1]
     captured = []
     hook = model.llm_to_query.register_forward_hook(lambda mod, args, out: captured.append(args[0].detach()))
     with torch.no_grad():
         one_pass = model(batch, compute_coarse=True)  # queries from the pass over [coarse, text]
         model(other, compute_coarse=True)  # same frames, other captions
-        two_pass = model(batch)  # lambda 0 and no coarse loss: queries from a pass over the coarse tokens only
+        two_pass = model(
+            batch
+        )  # lambda 0 and no coarse loss: queries from a pass over the coarse tokens only
     hook.remove()
     assert len(captured) == 3 and captured[0].shape[1] == t
     assert not torch.equal(batch["input_ids"], other["input_ids"])
@@ -284,8 +295,9 @@ def test_coarse_visual_states_do_not_depend_on_the_text():
     assert one_pass.loss_coarse is not None and two_pass.loss_coarse is None
 
 
-@pytest.mark.parametrize("extra", [{}, {"model.deep_query": False}, {"model.fine_read": "hires"},
-                                   {"model.objective": "joint"}])
+@pytest.mark.parametrize(
+    "extra", [{}, {"model.deep_query": False}, {"model.fine_read": "hires"}, {"model.objective": "joint"}]
+)
 def test_autoregressive_kv_cache_equals_recomputing_the_prefix(extra):
     model, world = make(**extra)
     batch = mixed_batch(world, 4)
@@ -355,8 +367,9 @@ def test_compiled_state_dict_loads_into_an_eager_model():
         assert torch.equal(fresh(batch).loss, model(batch).loss)
 
 
-@pytest.mark.parametrize("extra", [{}, {"model.freeze_dino": True}, {"model.freeze_llm": True},
-                                   {"model.objective": "joint"}])
+@pytest.mark.parametrize(
+    "extra", [{}, {"model.freeze_dino": True}, {"model.freeze_llm": True}, {"model.objective": "joint"}]
+)
 def test_param_groups_partition_the_trainable_parameters(extra):
     model, _ = make(**extra)
     groups = model.param_groups()
@@ -367,8 +380,15 @@ def test_param_groups_partition_the_trainable_parameters(extra):
     connector = {id(p) for p in groups["connector"]}
     enc = model.encoder
     # upstream's gotcha: output_proj sat in the backbone group at 1/100 of the connector LR
-    for p in (enc.output_proj.weight, enc.output_proj.bias, enc.query_input_proj.weight, model.q_static,
-              model.q_init, model.dino_to_llm.weight, model.llm_to_query.weight):
+    for p in (
+        enc.output_proj.weight,
+        enc.output_proj.bias,
+        enc.query_input_proj.weight,
+        model.q_static,
+        model.q_init,
+        model.dino_to_llm.weight,
+        model.llm_to_query.weight,
+    ):
         assert id(p) in connector
     assert {id(p) for p in groups["dino"]} == {id(p) for p in enc.dino.parameters() if p.requires_grad}
     assert {id(p) for p in groups["llm"]} == {id(p) for p in model.llm.parameters() if p.requires_grad}
@@ -388,8 +408,9 @@ def test_grouped_adamw_with_ratio_1_equals_plain_torch_adamw():
     ref, _ = build(cfg)
     ref.load_state_dict(model.state_dict())
     ours = make_optimizer(model, cfg, torch.device("cpu"))
-    plain = torch.optim.AdamW([p for p in ref.parameters() if p.requires_grad], lr=cfg.train.lr,
-                              weight_decay=cfg.train.weight_decay)
+    plain = torch.optim.AdamW(
+        [p for p in ref.parameters() if p.requires_grad], lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
+    )
     batch = world.batch("train", range(4))
     for net, opt in ((model, ours), (ref, plain)):
         for _ in range(2):
@@ -410,6 +431,9 @@ def test_random_backbones_follow_the_dial_init_std(scale):
     model, _ = build(cfg)
     std = cfg.model.init_std
     assert std == pytest.approx(cfg.model.llm_hidden**-0.5)
-    for w in (model.llm.model.layers[0].self_attn.q_proj.weight, model.llm.model.layers[0].mlp.up_proj.weight,
-              model.encoder.dino.encoder.layer[0].attention.q_proj.weight):
+    for w in (
+        model.llm.model.layers[0].self_attn.q_proj.weight,
+        model.llm.model.layers[0].mlp.up_proj.weight,
+        model.encoder.dino.encoder.layer[0].attention.q_proj.weight,
+    ):
         assert w.std().item() == pytest.approx(std, rel=0.1)

@@ -213,7 +213,7 @@ def test_sigkill_mid_grid_then_resume_reruns_nothing_complete(tmp_path):
         log.close()
     time.sleep(2)
     snapshot = {t: (exp / t / "result.json").read_text() for t, s in _statuses(exp).items() if s[-1:] == ["complete"]}
-    assert len(snapshot) >= 2 and len(trial_dirs(exp)) < 6 or any(s[-1:] != ["complete"] for s in _statuses(exp).values())
+    assert 2 <= len(snapshot) < 6  # killed mid-grid: some trials complete, others running or not started
     res = subprocess.run([*cmd, "--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
                          start_new_session=True)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]

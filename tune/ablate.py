@@ -163,9 +163,7 @@ def main(argv: list[str] | None = None) -> int:
             print_checklist(checklist)
             return 0
         entry = entry_for(checklist, args.param)
-        ctx = ex.Context.from_args(args, "ablate", name=f"ablate-{args.param}")
-        if not args.name:
-            ctx.name = f"ablate-{args.param}-{ctx.preset}" + ("-smoke" if args.smoke_test else "")
+        ctx = ex.Context.from_args(args, "ablate", stem=f"ablate-{args.param}")
         values = [yaml.safe_load(v) for v in args.values] if args.values else entry["values"]
         cells = arm_cells(ctx, args.param, entry, values, args.seeds or 3)
         rc = ex.run_cells(ctx, cells)

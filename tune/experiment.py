@@ -117,16 +117,15 @@ class Context:
         return self.storage / self.name
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace, kind: str, name: str | None = None) -> Context:
+    def from_args(cls, args: argparse.Namespace, kind: str, stem: str | None = None) -> Context:
+        """The experiment is named `<stem>-<preset>[-smoke]` (stem defaults to the kind) unless --name."""
         preset = args.preset or detect_preset(args.address)
         grid = load_grid(args.grid_file)
         section = dict(grid["presets"][preset])
         if args.smoke_test:
             section = deep_merge(section, grid.get("smoke", {}))
         sets = parse_sets(args.sets)
-        default = name or f"{kind}-{preset}"
-        if args.smoke_test and not name:
-            default += "-smoke"
+        default = f"{stem or kind}-{preset}" + ("-smoke" if args.smoke_test else "")
         storage = Path(args.storage).expanduser().resolve()
         return cls(args, kind, preset, section, storage, args.name or default, sets)
 

@@ -1,0 +1,100 @@
+"""The model's own accounting against references: analytic FLOPs per sample vs torch's FlopCounterMode on the
+real training step (forward + backward), parameter counts vs plain torch and HF, and MFU arithmetic."""
+
+import pytest
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from fvlm import accounting
+from fvlm.config import load_config
+from fvlm.train import build
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def cfg_of(**overrides):
+    return load_config(None, {"world.val_size": 16, "train.steps": 1, **overrides})
+
+
+def measured_flops_per_sample(cfg, n: int = 4) -> float:
+    """FlopCounterMode over one real training step (forward + backward) of n clips, per clip. On CPU the
+    fused SDPA kernel is not counted, so the step runs on the math backend."""
+    model, world = build(cfg)
+    model.train()
+    batch = world.batch("train", range(n))
+    assert batch["input_ids"].shape[1] == accounting.caption_length(cfg)  # the analytic padded length
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        model(batch).loss.backward()
+    return counter.get_total_flops() / n
+
+
+CASES = {
+    "s1": {"model.scale": 1},
+    "s2": {"model.scale": 2},
+    "s4": {"model.scale": 4},
+    "s2 shallow query": {"model.scale": 2, "model.deep_query": False},
+    "s2 fine_iters=2 hires": {"model.scale": 2, "model.fine_iters": 2, "model.fine_read": "hires"},
+    "s2 coarse_only": {"model.scale": 2, "model.mode": "coarse_only"},
+    "s2 lambda_coarse=0": {"model.scale": 2, "model.lambda_coarse": 0.0},
+    "s2 layers_used=1, no pos code": {"model.scale": 2, "model.layers_used": 1, "model.pos_code": False},
+    "s1 joint": {"model.scale": 1, "model.objective": "joint"},
+}
+
+
+@pytest.mark.parametrize("overrides", CASES.values(), ids=CASES.keys())
+def test_flops_per_sample_within_10_percent_of_flop_counter(overrides):
+    cfg = cfg_of(**{"world.turn_prob": 0.5, **overrides})
+    model, world = build(cfg)
+    analytic = accounting.flops_per_sample(cfg, len(world.tokenizer))
+    measured = measured_flops_per_sample(cfg)
+    print(f"{overrides}: analytic {analytic:.4g} measured {measured:.4g} ratio {analytic / measured:.3f}")
+    assert analytic == pytest.approx(measured, rel=0.10)
+
+
+def test_flops_grow_with_scale_and_with_the_knobs_that_add_work():
+    fps = {name: accounting.flops_per_sample(cfg_of(**o), 19) for name, o in CASES.items()}
+    assert fps["s1"] < fps["s2"] < fps["s4"]
+    assert fps["s2 fine_iters=2 hires"] > fps["s2"] > fps["s2 coarse_only"]
+    assert fps["s2 lambda_coarse=0"] < fps["s2"]  # no text in the coarse LLM pass
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"model.scale": 1},
+        {"model.scale": 2, "model.objective": "joint"},
+        {"model.scale": 1, "model.freeze_llm": True},
+    ],
+)
+def test_param_counts_against_torch_and_hf(overrides):
+    model, _ = build(cfg_of(**overrides))
+    counts = accounting.count_params(model)
+    vae = sum(p.numel() for p in model.vae.parameters()) if model.vae is not None else 0
+    assert counts["total"] == sum(p.numel() for p in model.parameters()) - vae  # parameters() dedups tied
+    assert counts["llm"] == model.llm.num_parameters()  # HF's own count (tied embeddings once)
+    assert counts["dino"] == model.encoder.dino.num_parameters()
+    assert counts["trainable"] == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert counts["dino"] + counts["llm"] + counts["connector"] == counts["total"]
+
+
+def test_memory_estimate_and_mfu_arithmetic():
+    cfg = cfg_of(**{"model.scale": 2})
+    model, world = build(cfg)
+    params = accounting.count_params(model)["total"]
+    vocab = len(world.tokenizer)
+    mem = [accounting.memory_estimate_mb(cfg, params, mb, vocab) for mb in (1, 2, 4)]
+    assert mem[0] > 16 * params / 2**20 and mem[0] < mem[1] < mem[2]
+    assert mem[2] - mem[1] == pytest.approx(
+        2 * (mem[1] - mem[0])
+    )  # activations are linear in the micro-batch
+    assert accounting.mfu(1e9, 10.0, 1e11) == pytest.approx(0.1)
+    peak, source = accounting.peak_flops("cpu")
+    assert peak == torch.get_num_threads() * accounting.CPU_FLOPS_PER_CORE and "cpu" in source
+    assert accounting.PEAK_FLOPS["RTX 4090"] == pytest.approx(165.2e12)
