@@ -40,8 +40,17 @@ def time_steps(model, opt, world, cfg, steps: int) -> float:
     st = {"step": 0, "micro_batch": cfg.train.batch_size, "injected": []}
     t0 = time.perf_counter()
     for i in range(steps):
-        _step(model, model, opt, world, cfg, range(i * cfg.train.batch_size, (i + 1) * cfg.train.batch_size), st,
-              torch.device("cpu"), None)
+        _step(
+            model,
+            model,
+            opt,
+            world,
+            cfg,
+            range(i * cfg.train.batch_size, (i + 1) * cfg.train.batch_size),
+            st,
+            torch.device("cpu"),
+            None,
+        )
     return (time.perf_counter() - t0) / steps
 
 
@@ -57,8 +66,10 @@ def main() -> None:
     naive = NaiveRead(cfg.model, cfg.world, len(world.tokenizer), {})
     naive.load_state_dict(cached.state_dict())
     fps = accounting.flops_per_sample(cfg, len(world.tokenizer))
-    opts = {"cached": make_optimizer(cached, cfg, torch.device("cpu")),
-            "naive": make_optimizer(naive, cfg, torch.device("cpu"))}
+    opts = {
+        "cached": make_optimizer(cached, cfg, torch.device("cpu")),
+        "naive": make_optimizer(naive, cfg, torch.device("cpu")),
+    }
     models = {"cached": cached, "naive": naive}
     for name in models:  # warm-up
         time_steps(models[name], opts[name], world, cfg, 2)
@@ -66,12 +77,16 @@ def main() -> None:
     for _ in range(args.repeats):  # interleaved, so load changes hit both variants alike
         for name in models:
             times[name].append(time_steps(models[name], opts[name], world, cfg, args.steps))
-    print(f"{cfg.model.scale=} threads={torch.get_num_threads()} batch={cfg.train.batch_size} "
-          f"reads/frame={1 + cfg.model.fine_iters} | {fps:.3g} FLOPs/sample (analytic, cached model)")
+    print(
+        f"{cfg.model.scale=} threads={torch.get_num_threads()} batch={cfg.train.batch_size} "
+        f"reads/frame={1 + cfg.model.fine_iters} | {fps:.3g} FLOPs/sample (analytic, cached model)"
+    )
     med = {k: statistics.median(v) for k, v in times.items()}
     for name, dt in med.items():
         sps = cfg.train.batch_size / dt
-        print(f"{name:7s} {dt * 1000:7.1f} ms/step  {sps:7.1f} samples/s  {sps * fps / 1e9:6.2f} GFLOP/s (useful)")
+        print(
+            f"{name:7s} {dt * 1000:7.1f} ms/step  {sps:7.1f} samples/s  {sps * fps / 1e9:6.2f} GFLOP/s (useful)"
+        )
     print(f"speed-up of the K/V cache over re-encoding: {med['naive'] / med['cached']:.2f}x")
 
 

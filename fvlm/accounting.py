@@ -18,7 +18,9 @@ from torch import nn
 
 from fvlm.config import Config
 
-PARAMS_CONVENTION = "all-trainable-and-frozen-excl-vae"  # every parameter of DINO, LLM (tied emb once), connector, head
+PARAMS_CONVENTION = (
+    "all-trainable-and-frozen-excl-vae"  # every parameter of DINO, LLM (tied emb once), connector, head
+)
 
 # Dense peak FLOP/s for the training dtype (bf16 with fp32 accumulate on GPUs), from vendor data sheets.
 PEAK_FLOPS = {
@@ -95,11 +97,15 @@ def forward_flops(cfg: Config, vocab: int) -> dict[str, float]:
     layers = m.layers_used or m.dino_layers
     caption = m.objective in ("caption", "joint")
     scored = s if caption else 0  # lm_head runs on every caption position
-    out = {"dino": t * _dino_pass(m.dino_hidden, m.dino_intermediate, layers, grid, m.patch_size, m.deep_query)}
+    out = {
+        "dino": t * _dino_pass(m.dino_hidden, m.dino_intermediate, layers, grid, m.patch_size, m.deep_query)
+    }
     coarse_only = m.mode == "coarse_only"
     fine_grid = grid * 2 if m.fine_read == "hires" else grid
     if m.fine_read == "hires" and not coarse_only:
-        out["dino"] += t * _dino_pass(m.dino_hidden, m.dino_intermediate, layers, fine_grid, m.patch_size, m.deep_query)
+        out["dino"] += t * _dino_pass(
+            m.dino_hidden, m.dino_intermediate, layers, fine_grid, m.patch_size, m.deep_query
+        )
     reads = 1 if coarse_only else 1 + m.fine_iters
     out["query"] = t * (_query_read(cfg, grid) + (reads - 1) * _query_read(cfg, fine_grid))
     out["projections"] = reads * t * 2 * m.dino_hidden * m.llm_hidden
@@ -111,9 +117,13 @@ def forward_flops(cfg: Config, vocab: int) -> dict[str, float]:
         out["query"] += m.fine_iters * t * 2 * m.llm_hidden * m.query_dim  # llm_to_query
     out["llm"] = llm
     if m.objective in ("reconstruct", "joint"):
-        lat = w.frame_size // 2  # the tiny VAE downsamples x2; a real SD-VAE x8 (then FlopCounter is the judge)
+        lat = (
+            w.frame_size // 2
+        )  # the tiny VAE downsamples x2; a real SD-VAE x8 (then FlopCounter is the judge)
         c, hh = 4, m.head_hidden
-        head = 2 * lat * lat * 9 * (c * hh + hh * hh + hh * hh + hh * c) + 2 * (m.llm_hidden * hh + hh * 2 * hh)
+        head = 2 * lat * lat * 9 * (c * hh + hh * hh + hh * hh + hh * c) + 2 * (
+            m.llm_hidden * hh + hh * 2 * hh
+        )
         out["head"] = (1 if coarse_only else 1 + (m.lambda_coarse > 0)) * (t - 1) * head
     return out
 
@@ -135,14 +145,18 @@ def count_params(model: nn.Module) -> dict[str, int]:
         if id(p) in seen or name.startswith("vae."):
             continue
         seen.add(id(p))
-        key = "dino" if name.startswith("encoder.dino.") else "llm" if name.startswith("llm.") else "connector"
+        key = (
+            "dino" if name.startswith("encoder.dino.") else "llm" if name.startswith("llm.") else "connector"
+        )
         out[key] += p.numel()
         out["trainable"] += p.numel() if p.requires_grad else 0
     out["total"] = out["dino"] + out["llm"] + out["connector"]
     return out
 
 
-def memory_estimate_mb(cfg: Config, params: int, micro_batch: int, vocab: int, bytes_per_act: int = 4) -> float:
+def memory_estimate_mb(
+    cfg: Config, params: int, micro_batch: int, vocab: int, bytes_per_act: int = 4
+) -> float:
     """Peak training memory estimate: fp32 weights + grads + AdamW moments (16 B/param) + activations.
 
     Activations use the per-layer rule of thumb of Korthikanti et al. 2022 (about 34*n*d + 5*heads*n^2 values
@@ -177,7 +191,10 @@ def peak_flops(device: torch.device | str) -> tuple[float, str]:
                 return value, key
         return float("nan"), f"unknown GPU '{name}' (add it to PEAK_FLOPS)"
     threads = torch.get_num_threads() or os.cpu_count() or 1
-    return threads * CPU_FLOPS_PER_CORE, f"cpu x{threads} (assumed {CPU_FLOPS_PER_CORE / 1e9:.0f} GFLOP/s per core)"
+    return (
+        threads * CPU_FLOPS_PER_CORE,
+        f"cpu x{threads} (assumed {CPU_FLOPS_PER_CORE / 1e9:.0f} GFLOP/s per core)",
+    )
 
 
 def mfu(flops_per_sample_: float, samples_per_s: float, peak: float) -> float:

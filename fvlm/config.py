@@ -44,7 +44,9 @@ class WorldConfig:
     frame_size: int = 32  # H = W in pixels
     sprite_size: int = 8  # target sprite side in pixels
     distractors: int = 3  # number of distractor sprites
-    distractor_style: str = "gray"  # gray (only the target is coloured) | colored (same palette; told apart by motion)
+    distractor_style: str = (
+        "gray"  # gray (only the target is coloured) | colored (same palette; told apart by motion)
+    )
     noise: float = 0.02  # std of pixel noise
     speed: float = 3.0  # target speed in pixels per frame
     turn_prob: float = 0.5  # chance the target turns once, at mid-clip, to a perpendicular direction
@@ -77,11 +79,15 @@ class ModelConfig:
     query_init_std: float = 1.0  # init std of q_static / q_init (upstream BUG-001: 0.02 kills foveation)
     fine_iters: int = 1  # fine passes; each takes its queries from the previous pass's LLM states
     mode: str = "coarse_fine"  # training mode: coarse_fine (foveated) | coarse_only (static query arm)
-    lambda_coarse: float = 0.5  # weight of the coarse caption loss (trains the static read; makes loss_ratio live)
+    lambda_coarse: float = (
+        0.5  # weight of the coarse caption loss (trains the static read; makes loss_ratio live)
+    )
     fine_read: str = "same"  # fine pass reads the same patch grid (same) or a 2x finer one (hires)
     pos_code: bool = True  # add a 2D sin-cos code of where the query looked to its token (motion needs it)
     query_source: str = "llm"  # fine queries from the LLM (llm) | aimed at the true target (oracle) | random
-    visual_scale: float | None = None  # multiplier on projected visual tokens (None = LLM embedding std at init)
+    visual_scale: float | None = (
+        None  # multiplier on projected visual tokens (None = LLM embedding std at init)
+    )
     # --- objectives ---
     objective: str = "caption"  # caption (text CE) | reconstruct (next-frame VAE latents, MSE) | joint
     recon_weight: float = 0.5  # weight of the reconstruction loss in joint
@@ -89,7 +95,9 @@ class ModelConfig:
     # --- training-time structure ---
     freeze_dino: bool = False  # no gradients into the DINOv2 backbone
     freeze_llm: bool = False  # no gradients into the Llama backbone
-    gradient_checkpointing: bool = False  # HF checkpointing on the LLM (last rung of the OOM ladder turns it on)
+    gradient_checkpointing: bool = (
+        False  # HF checkpointing on the LLM (last rung of the OOM ladder turns it on)
+    )
     # --- pretrained weights (real path): local folder or hub id; empty = random init from the dial ---
     llm_path: str = ""  # LlamaForCausalLM (e.g. HuggingFaceTB/SmolLM2-135M-Instruct)
     dino_path: str = ""  # Dinov2Model (e.g. facebook/dinov2-small)
@@ -122,7 +130,9 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads (0 = leave torch's default)
     compile: bool = False  # torch.compile the model (state dicts are saved without the _orig_mod prefix)
     keep_last: int = 2  # checkpoints kept besides the best
-    inject_oom_steps: list[int] = field(default_factory=list)  # fault injection: raise a CUDA OOM at these steps
+    inject_oom_steps: list[int] = field(
+        default_factory=list
+    )  # fault injection: raise a CUDA OOM at these steps
 
 
 @dataclass
@@ -332,7 +342,9 @@ def tier_values(m: ModelConfig, tiers: dict | None = None) -> tuple[str, dict]:
     if m.tier:
         real = tiers["real"]
         if m.tier not in real:
-            raise ConfigError(f"model.tier: unknown tier '{m.tier}'; valid: {', '.join(real)} (or set model.scale)")
+            raise ConfigError(
+                f"model.tier: unknown tier '{m.tier}'; valid: {', '.join(real)} (or set model.scale)"
+            )
         return m.tier, dict(real[m.tier])
     if not 1 <= m.scale <= tiers["cpu"]["max_scale"]:
         raise ConfigError(f"model.scale: {m.scale} is out of range 1..{tiers['cpu']['max_scale']}")
@@ -377,34 +389,56 @@ def validate(cfg: Config) -> None:
     for key, allowed in CHOICES.items():
         _check(flat[key] in allowed, f"{key}: '{flat[key]}' is not one of {', '.join(allowed)}")
     m, t, w = cfg.model, cfg.train, cfg.world
-    for key in ("dino_hidden", "dino_layers", "dino_heads", "llm_hidden", "llm_layers", "llm_heads", "query_dim"):
+    for key in (
+        "dino_hidden",
+        "dino_layers",
+        "dino_heads",
+        "llm_hidden",
+        "llm_layers",
+        "llm_heads",
+        "query_dim",
+    ):
         _check(getattr(m, key) >= 1, f"model.{key}: must be >= 1")
     _check(m.dino_hidden % m.dino_heads == 0, "model.dino_hidden: must be divisible by model.dino_heads")
-    _check(m.dino_intermediate % m.dino_hidden == 0, "model.dino_intermediate: must be a multiple of model.dino_hidden")
+    _check(
+        m.dino_intermediate % m.dino_hidden == 0,
+        "model.dino_intermediate: must be a multiple of model.dino_hidden",
+    )
     _check(m.llm_hidden % m.llm_heads == 0, "model.llm_hidden: must be divisible by model.llm_heads")
     _check(m.llm_heads % m.llm_kv_heads == 0, "model.llm_kv_heads: must divide model.llm_heads")
     _check(1 <= m.fine_iters <= 3, "model.fine_iters: must be 1, 2 or 3")
-    _check(m.layers_used is None or 1 <= m.layers_used <= m.dino_layers,
-           f"model.layers_used: must be in 1..{m.dino_layers} (model.dino_layers)")
+    _check(
+        m.layers_used is None or 1 <= m.layers_used <= m.dino_layers,
+        f"model.layers_used: must be in 1..{m.dino_layers} (model.dino_layers)",
+    )
     _check(m.query_init_std > 0, "model.query_init_std: must be > 0")
     _check(m.lambda_coarse >= 0, "model.lambda_coarse: must be >= 0")
     _check(m.head_hidden >= 1, "model.head_hidden: must be >= 1")
-    _check(not (m.mode == "coarse_only" and m.fine_read == "hires"),
-           "model.fine_read=hires needs model.mode=coarse_fine (coarse_only has no fine pass)")
-    _check(w.frame_size % m.patch_size == 0,
-           f"world.frame_size: {w.frame_size} is not a multiple of model.patch_size {m.patch_size}")
+    _check(
+        not (m.mode == "coarse_only" and m.fine_read == "hires"),
+        "model.fine_read=hires needs model.mode=coarse_fine (coarse_only has no fine pass)",
+    )
+    _check(
+        w.frame_size % m.patch_size == 0,
+        f"world.frame_size: {w.frame_size} is not a multiple of model.patch_size {m.patch_size}",
+    )
     _check(w.frames >= 2, "world.frames: must be >= 2")
     _check(0 < w.sprite_size < w.frame_size, "world.sprite_size: must be in 1..frame_size-1")
     _check(w.val_size >= 1, "world.val_size: must be >= 1")
     _check(t.batch_size >= 1, "train.batch_size: must be >= 1")
-    _check(1 <= t.micro_batch <= t.batch_size and t.batch_size % t.micro_batch == 0,
-           "train.micro_batch: must divide train.batch_size")
+    _check(
+        1 <= t.micro_batch <= t.batch_size and t.batch_size % t.micro_batch == 0,
+        "train.micro_batch: must divide train.batch_size",
+    )
     _check(t.lr > 0, "train.lr: must be > 0")
     _check(t.connector_lr_ratio > 0, "train.connector_lr_ratio: must be > 0")
     _check(0 <= t.warmup_ratio < 1, "train.warmup_ratio: must be in [0, 1)")
     _check(0 <= t.decay_ratio <= 1 - t.warmup_ratio, "train.decay_ratio: must be in [0, 1 - warmup_ratio]")
     _check(0 <= t.min_lr_ratio <= 1, "train.min_lr_ratio: must be in [0, 1]")
-    _check(t.samples >= 0 and t.steps >= 0 and t.budget_flops >= 0, "train.samples/steps/budget_flops: must be >= 0")
+    _check(
+        t.samples >= 0 and t.steps >= 0 and t.budget_flops >= 0,
+        "train.samples/steps/budget_flops: must be >= 0",
+    )
     _check(t.eval_points >= 1, "train.eval_points: must be >= 1")
     _check(1 <= t.eval_samples, "train.eval_samples: must be >= 1")
     _check(t.keep_last >= 1, "train.keep_last: must be >= 1")
@@ -415,9 +449,11 @@ def validate(cfg: Config) -> None:
     except ValueError as e:
         raise ConfigError(str(e)) from None
     if t.data_size:
-        _check(t.samples <= t.data_size,
-               f"train.samples: {t.samples} exceeds train.data_size {t.data_size} (more than one epoch; upstream's "
-               "7.5 epochs memorised captions) - lower train.samples or raise train.data_size")
+        _check(
+            t.samples <= t.data_size,
+            f"train.samples: {t.samples} exceeds train.data_size {t.data_size} (more than one epoch; upstream's "
+            "7.5 epochs memorised captions) - lower train.samples or raise train.data_size",
+        )
 
 
 def config_hash(cfg: Config) -> str:

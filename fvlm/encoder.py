@@ -30,11 +30,15 @@ class PatchCache:
 
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
-    features: torch.Tensor  # final layer-normed features [n, P, D] (shallow query); deep: input of the last layer
+    features: (
+        torch.Tensor
+    )  # final layer-normed features [n, P, D] (shallow query); deep: input of the last layer
     grid: int  # patches per side (P = grid * grid + 1)
 
     def select(self, idx: torch.Tensor) -> PatchCache:
-        return PatchCache([k[idx] for k in self.keys], [v[idx] for v in self.values], self.features[idx], self.grid)
+        return PatchCache(
+            [k[idx] for k in self.keys], [v[idx] for v in self.values], self.features[idx], self.grid
+        )
 
 
 def sincos_2d(grid: int, dim: int) -> torch.Tensor:
@@ -92,7 +96,9 @@ class FoveatedEncoder(nn.Module):
     def _merge(self, x: torch.Tensor) -> torch.Tensor:  # [n, H, P, dh] -> [n, P, D]
         return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], self.hidden)
 
-    def _patch_layer(self, layer: nn.Module, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _patch_layer(
+        self, layer: nn.Module, h: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One DINOv2 layer (same maths as the HF layer in eval mode), returning its K/V as well."""
         att = layer.attention
         x = layer.norm1(h)

@@ -106,10 +106,17 @@ class PredictionHead(nn.Module):
     def __init__(self, llm_hidden: int, latent_channels: int, hidden: int) -> None:
         super().__init__()
         self.film = nn.Sequential(nn.Linear(llm_hidden, hidden), nn.GELU(), nn.Linear(hidden, 2 * hidden))
-        self.enc = nn.Sequential(nn.Conv2d(latent_channels, hidden, 3, padding=1), nn.GELU(),
-                                 nn.Conv2d(hidden, hidden, 3, padding=1))
-        self.dec = nn.Sequential(nn.GELU(), nn.Conv2d(hidden, hidden, 3, padding=1), nn.GELU(),
-                                 nn.Conv2d(hidden, latent_channels, 3, padding=1))
+        self.enc = nn.Sequential(
+            nn.Conv2d(latent_channels, hidden, 3, padding=1),
+            nn.GELU(),
+            nn.Conv2d(hidden, hidden, 3, padding=1),
+        )
+        self.dec = nn.Sequential(
+            nn.GELU(),
+            nn.Conv2d(hidden, hidden, 3, padding=1),
+            nn.GELU(),
+            nn.Conv2d(hidden, latent_channels, 3, padding=1),
+        )
 
     def forward(self, h: torch.Tensor, z_prev: torch.Tensor) -> torch.Tensor:
         gamma, beta = self.film(h).chunk(2, dim=-1)  # [n, hidden] each
@@ -126,7 +133,9 @@ class Output:
     caption_coarse: torch.Tensor | None = None
     recon_fine: torch.Tensor | None = None
     recon_coarse: torch.Tensor | None = None
-    logits: torch.Tensor | None = None  # caption logits of the scored pass [B, S, V] (position j predicts j+1)
+    logits: torch.Tensor | None = (
+        None  # caption logits of the scored pass [B, S, V] (position j predicts j+1)
+    )
     attn_coarse: torch.Tensor | None = None  # [B, T, L, H, P]
     attn_fine: torch.Tensor | None = None
     stats: dict[str, float] = field(default_factory=dict)  # entropies and attention-on-target shares
@@ -136,7 +145,9 @@ class Output:
 
 
 class FoveatedVLM(nn.Module):
-    def __init__(self, m: ModelConfig, world: WorldConfig, vocab_size: int, special_ids: dict[str, int]) -> None:
+    def __init__(
+        self, m: ModelConfig, world: WorldConfig, vocab_size: int, special_ids: dict[str, int]
+    ) -> None:
         super().__init__()
         # FIX (tests/test_train.py::test_oom_give_up_is_a_clean_status): a private copy, so that the OOM
         # ladder turning gradient checkpointing on does not rewrite the caller's config (and its hash)
@@ -182,11 +193,18 @@ class FoveatedVLM(nn.Module):
     def backbone_dims(self) -> dict[str, int]:
         """The sizes of the backbones as built (from loaded weights they may differ from the dial's)."""
         d, llm = self.encoder.dino.config, self.llm.config
-        return {"dino_hidden": d.hidden_size, "dino_layers": d.num_hidden_layers, "dino_heads": d.num_attention_heads,
-                "dino_intermediate": int(d.hidden_size * d.mlp_ratio), "patch_size": d.patch_size,
-                "llm_hidden": llm.hidden_size, "llm_layers": llm.num_hidden_layers,
-                "llm_heads": llm.num_attention_heads, "llm_kv_heads": llm.num_key_value_heads,
-                "llm_intermediate": llm.intermediate_size}
+        return {
+            "dino_hidden": d.hidden_size,
+            "dino_layers": d.num_hidden_layers,
+            "dino_heads": d.num_attention_heads,
+            "dino_intermediate": int(d.hidden_size * d.mlp_ratio),
+            "patch_size": d.patch_size,
+            "llm_hidden": llm.hidden_size,
+            "llm_layers": llm.num_hidden_layers,
+            "llm_heads": llm.num_attention_heads,
+            "llm_kv_heads": llm.num_key_value_heads,
+            "llm_intermediate": llm.intermediate_size,
+        }
 
     # --- parameter groups (upstream's gotcha fixed: output_proj belongs to the connector) ---
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
@@ -215,8 +233,13 @@ class FoveatedVLM(nn.Module):
     def _hidden(self, embeds: torch.Tensor) -> torch.Tensor:
         return self.llm.model(inputs_embeds=embeds, use_cache=False).last_hidden_state
 
-    def _caption_loss(self, h_text: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor,
-                      tokens: torch.Tensor | None = None):
+    def _caption_loss(
+        self,
+        h_text: torch.Tensor,
+        input_ids: torch.Tensor,
+        loss_mask: torch.Tensor,
+        tokens: torch.Tensor | None = None,
+    ):
         """Next-token CE over the caption: position j predicts token j+1; masked targets are -100.
 
         ``tokens`` (optional, ``batch["caption_tokens"]``): divide the token sum by this instead of by the
@@ -227,8 +250,9 @@ class FoveatedVLM(nn.Module):
         labels = input_ids[:, 1:].masked_fill(loss_mask[:, 1:] == 0, -100)
         pred = logits[:, :-1]
         reduction = "mean" if tokens is None else "sum"
-        loss = F.cross_entropy(pred.reshape(-1, pred.shape[-1]), labels.reshape(-1), ignore_index=-100,
-                               reduction=reduction)
+        loss = F.cross_entropy(
+            pred.reshape(-1, pred.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction=reduction
+        )
         return (loss if tokens is None else loss / tokens), logits
 
     def _latents(self, frames: torch.Tensor) -> torch.Tensor:
@@ -281,8 +305,12 @@ class FoveatedVLM(nn.Module):
             out.stats[f"attn_entropy_{name}"] = float(attention_entropy(attn.detach()))
             if boxes is not None:
                 mask = box_patch_mask(boxes, grids[name], self.frame_size).flatten(0, 1)
-                out.stats[f"attn_on_target_{name}"] = float(attention_on_target(attn.detach().flatten(0, 1), mask))
-                out.stats[f"attn_on_target_chance_{name}"] = float(mask.float().sum(-1).mean() / (mask.shape[-1] + 1))
+                out.stats[f"attn_on_target_{name}"] = float(
+                    attention_on_target(attn.detach().flatten(0, 1), mask)
+                )
+                out.stats[f"attn_on_target_chance_{name}"] = float(
+                    mask.float().sum(-1).mean() / (mask.shape[-1] + 1)
+                )
 
     # --- forward ---
     def forward(self, batch: dict, mode: str | None = None, compute_coarse: bool = False) -> Output:
@@ -361,7 +389,11 @@ class FoveatedVLM(nn.Module):
         b, t = frames.shape[:2]
         cache = self._fine_cache(frames, self.encoder.encode(frames.flatten(0, 1)))
         frame_idx = torch.arange(b * t, device=frames.device).view(b, t)
-        bias = self._oracle_bias(batch["boxes"], cache.grid).view(b, t, -1) if self.cfg.query_source == "oracle" else None
+        bias = (
+            self._oracle_bias(batch["boxes"], cache.grid).view(b, t, -1)
+            if self.cfg.query_source == "oracle"
+            else None
+        )
         q = self.q_init.expand(b, -1)
         kv = DynamicCache() if use_cache else None
         tokens, maps, hs = [], [], []
@@ -391,7 +423,9 @@ class FoveatedVLM(nn.Module):
             parts.append(out.caption_fine)
         if self.cfg.objective in ("reconstruct", "joint"):
             out.recon_fine = self._recon_loss(torch.stack(hs, dim=1), self._latents(frames))
-            parts.append(self.cfg.recon_weight * out.recon_fine if out.caption_fine is not None else out.recon_fine)
+            parts.append(
+                self.cfg.recon_weight * out.recon_fine if out.caption_fine is not None else out.recon_fine
+            )
         out.loss = out.loss_fine = sum(parts)
         self._stats(out, batch.get("boxes"), {"fine": cache.grid})
         return out

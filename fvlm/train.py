@@ -69,7 +69,11 @@ def build(cfg: Config, device: torch.device | str = "cpu") -> tuple[FoveatedVLM,
         tokenizer = AutoTokenizer.from_pretrained(cfg.model.tokenizer_path)
     world = VideoWorld(cfg.world, tokenizer)
     tok = world.tokenizer
-    special = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
+    special = {
+        "bos_token_id": tok.bos_token_id,
+        "eos_token_id": tok.eos_token_id,
+        "pad_token_id": tok.pad_token_id,
+    }
     torch.manual_seed(cfg.train.seed)
     model = FoveatedVLM(cfg.model, cfg.world, len(tok), special).to(device)
     if cfg.model.llm_path or cfg.model.dino_path:
@@ -89,12 +93,18 @@ def total_steps(cfg: Config, flops_per_sample: float) -> tuple[int, int]:
     elif t.steps:
         samples = t.steps * t.batch_size
     else:
-        raise ConfigError("set one of train.samples, train.budget_flops or train.steps (e.g. train.steps=300)")
+        raise ConfigError(
+            "set one of train.samples, train.budget_flops or train.steps (e.g. train.steps=300)"
+        )
     steps = samples // t.batch_size
     if steps < 1:
-        raise ConfigError(f"the run is shorter than one batch ({samples} samples < train.batch_size {t.batch_size})")
+        raise ConfigError(
+            f"the run is shorter than one batch ({samples} samples < train.batch_size {t.batch_size})"
+        )
     if t.data_size and steps * t.batch_size > t.data_size:
-        raise ConfigError(f"{steps} steps x batch {t.batch_size} exceed train.data_size {t.data_size} (one epoch max)")
+        raise ConfigError(
+            f"{steps} steps x batch {t.batch_size} exceed train.data_size {t.data_size} (one epoch max)"
+        )
     return steps, steps * t.batch_size
 
 
@@ -128,7 +138,9 @@ def lr_factor(cfg: Config, step: int, steps: int) -> float:
 def make_optimizer(model: FoveatedVLM, cfg: Config, device: torch.device) -> torch.optim.AdamW:
     t = cfg.train
     lrs = {"connector": t.lr * t.connector_lr_ratio, "dino": t.lr, "llm": t.lr}
-    groups = [{"params": ps, "lr": lrs[name], "name": name} for name, ps in model.param_groups().items() if ps]
+    groups = [
+        {"params": ps, "lr": lrs[name], "name": name} for name, ps in model.param_groups().items() if ps
+    ]
     for g in groups:
         g["peak_lr"] = g["lr"]
     return torch.optim.AdamW(groups, weight_decay=t.weight_decay, fused=device.type == "cuda")
@@ -197,8 +209,15 @@ def load_state(path: str | Path) -> dict:
 
 
 @torch.no_grad()
-def evaluate(model: FoveatedVLM, world: VideoWorld, cfg: Config, batch_size: int, device: torch.device,
-             amp: torch.dtype | None, final: bool = False) -> dict:
+def evaluate(
+    model: FoveatedVLM,
+    world: VideoWorld,
+    cfg: Config,
+    batch_size: int,
+    device: torch.device,
+    amp: torch.dtype | None,
+    final: bool = False,
+) -> dict:
     """Held-out losses of both reads, attention statistics, slot accuracy (and at the end the AR pass)."""
     was_training = model.training
     model.eval()
@@ -220,8 +239,12 @@ def evaluate(model: FoveatedVLM, world: VideoWorld, cfg: Config, batch_size: int
         batch["caption_tokens"] = torch.tensor(tokens * n / limit, device=device)
         with autocast(device, amp):
             out = model(batch, compute_coarse=True)
-            vals = {"val_loss": out.loss_fine if out.loss_fine is not None else out.loss_coarse,
-                    "val_loss_fine": out.loss_fine, "val_loss_coarse": out.loss_coarse, **out.stats}
+            vals = {
+                "val_loss": out.loss_fine if out.loss_fine is not None else out.loss_coarse,
+                "val_loss_fine": out.loss_fine,
+                "val_loss_coarse": out.loss_coarse,
+                **out.stats,
+            }
             if out.logits is not None:
                 vals.update({f"val_acc_{k}": v for k, v in world.slot_accuracy(out.logits, batch).items()})
             if final and model.cfg.mode == "coarse_fine":
@@ -233,8 +256,14 @@ def evaluate(model: FoveatedVLM, world: VideoWorld, cfg: Config, batch_size: int
         seen += n
     model.train(was_training)
     out = {k: sums[k] / sums[f"_n_{k}"] for k in sums if not k.startswith("_n_")}
-    for k in ("val_loss_fine", "val_loss_coarse", "attn_entropy_fine", "attn_on_target_fine",
-              "attn_entropy_coarse", "attn_on_target_coarse"):
+    for k in (
+        "val_loss_fine",
+        "val_loss_coarse",
+        "attn_entropy_fine",
+        "attn_on_target_fine",
+        "attn_entropy_coarse",
+        "attn_on_target_coarse",
+    ):
         out.setdefault(k, float("nan"))
     # the ratio is a claim about two trained reads: report it only when the coarse read is trained
     trained_coarse = cfg.model.lambda_coarse > 0 and cfg.model.mode == "coarse_fine"
@@ -251,8 +280,14 @@ def autocast(device: torch.device, amp: torch.dtype | None):
 # ----------------------------------------------------------------------------- the loop
 
 
-def train(cfg: Config, report: Report | None = None, *, resume: str | Path | None = None,
-          checkpoint_dir: str | Path | None = None, log: Callable[[str], None] | None = print) -> dict:
+def train(
+    cfg: Config,
+    report: Report | None = None,
+    *,
+    resume: str | Path | None = None,
+    checkpoint_dir: str | Path | None = None,
+    log: Callable[[str], None] | None = print,
+) -> dict:
     """Train ``cfg`` to completion (or divergence / OOM give-up); return the summary dict.
 
     ``report(row, checkpoint_path)`` is called after every evaluation with the contract metrics (design
@@ -272,17 +307,35 @@ def train(cfg: Config, report: Report | None = None, *, resume: str | Path | Non
     params = accounting.count_params(model)
     tier, _ = tier_values(cfg.model)
     peak, peak_src = accounting.peak_flops(device)
-    constants = {"params_n": params["total"], "params_convention": accounting.PARAMS_CONVENTION,
-                 "flops_per_sample": fps, "tier": tier, "seed": cfg.train.seed, "config_hash": config_hash(cfg),
-                 "lr_schedule": cfg.train.schedule}
-    ckpts = Checkpoints(Path(checkpoint_dir or Path(cfg.run.out_dir) / cfg.run.name / "checkpoints"),
-                        cfg.train.keep_last)
+    constants = {
+        "params_n": params["total"],
+        "params_convention": accounting.PARAMS_CONVENTION,
+        "flops_per_sample": fps,
+        "tier": tier,
+        "seed": cfg.train.seed,
+        "config_hash": config_hash(cfg),
+        "lr_schedule": cfg.train.schedule,
+    }
+    ckpts = Checkpoints(
+        Path(checkpoint_dir or Path(cfg.run.out_dir) / cfg.run.name / "checkpoints"), cfg.train.keep_last
+    )
     opt = make_optimizer(model, cfg, device)
     runner = torch.compile(model) if cfg.train.compile else model
 
-    st = {"step": 0, "samples_seen": 0, "flops_seen": 0.0, "wall_s": 0.0, "micro_batch": cfg.train.micro_batch,
-          "grad_accum": cfg.train.batch_size // cfg.train.micro_batch, "oom_retries": 0, "ladder": [],
-          "injected": [], "last_eval": -1, "best_val_loss": float("inf"), "best_step": -1}
+    st = {
+        "step": 0,
+        "samples_seen": 0,
+        "flops_seen": 0.0,
+        "wall_s": 0.0,
+        "micro_batch": cfg.train.micro_batch,
+        "grad_accum": cfg.train.batch_size // cfg.train.micro_batch,
+        "oom_retries": 0,
+        "ladder": [],
+        "injected": [],
+        "last_eval": -1,
+        "best_val_loss": float("inf"),
+        "best_step": -1,
+    }
     if resume is not None:
         state = load_state(resume)
         model.load_state_dict(unwrap_state_dict(state["model"]))
@@ -294,30 +347,51 @@ def train(cfg: Config, report: Report | None = None, *, resume: str | Path | Non
         log(f"resumed from {resume} at step {st['step']} ({st['samples_seen']} samples)")
 
     log(describe(cfg))
-    log(f"params {params['total']:,} ({accounting.PARAMS_CONVENTION}; dino {params['dino']:,}, llm {params['llm']:,}, "
+    log(
+        f"params {params['total']:,} ({accounting.PARAMS_CONVENTION}; dino {params['dino']:,}, llm {params['llm']:,}, "
         f"connector {params['connector']:,}) | {fps:.3g} FLOPs/sample | {steps} steps x {cfg.train.batch_size} = "
-        f"{samples:,} samples | device {device} ({peak_src})")
+        f"{samples:,} samples | device {device} ({peak_src})"
+    )
     evals = eval_steps(cfg, steps)
     interval = {"loss": 0.0, "n": 0, "grad_norm": 0.0, "train_s": 0.0, "samples": 0}
     status, error, last_row = "running", "", {}
-    start_wall = st["wall_s"] - (time.time() - t0)  # wall clock counts set-up time, and continues across resumes
+    start_wall = st["wall_s"] - (
+        time.time() - t0
+    )  # wall clock counts set-up time, and continues across resumes
 
     def row(metrics: dict, status_: str) -> dict:
         sps = interval["samples"] / interval["train_s"] if interval["train_s"] > 0 else float("nan")
         train_loss = interval["loss"] / interval["n"] if interval["n"] else float("nan")
-        return {"step": st["step"], "samples_seen": st["samples_seen"], "flops_seen": st["flops_seen"],
-                "wall_s": st["wall_s"], "train_loss": train_loss,
-                "lr": opt.param_groups[-1]["lr"], "lr_connector": opt.param_groups[0]["lr"],
-                "grad_norm": interval["grad_norm"] / interval["n"] if interval["n"] else float("nan"),
-                "samples_per_s": sps, "peak_mem_mb": peak_mem_mb(device),
-                "mfu": accounting.mfu(fps, sps, peak), "micro_batch": st["micro_batch"],
-                "grad_accum": st["grad_accum"], "oom_retries": st["oom_retries"],
-                "ladder": "; ".join(st["ladder"]), "status": status_, **constants, **metrics}
+        return {
+            "step": st["step"],
+            "samples_seen": st["samples_seen"],
+            "flops_seen": st["flops_seen"],
+            "wall_s": st["wall_s"],
+            "train_loss": train_loss,
+            "lr": opt.param_groups[-1]["lr"],
+            "lr_connector": opt.param_groups[0]["lr"],
+            "grad_norm": interval["grad_norm"] / interval["n"] if interval["n"] else float("nan"),
+            "samples_per_s": sps,
+            "peak_mem_mb": peak_mem_mb(device),
+            "mfu": accounting.mfu(fps, sps, peak),
+            "micro_batch": st["micro_batch"],
+            "grad_accum": st["grad_accum"],
+            "oom_retries": st["oom_retries"],
+            "ladder": "; ".join(st["ladder"]),
+            "status": status_,
+            **constants,
+            **metrics,
+        }
 
     def checkpoint_state() -> dict:
-        return {"model": unwrap_state_dict(model.state_dict()), "optimizer": opt.state_dict(), "loop": dict(st),
-                "rng": {"torch": torch.get_rng_state()}, "ladder_ckpt": model.cfg.gradient_checkpointing,
-                "config": asdict(cfg)}
+        return {
+            "model": unwrap_state_dict(model.state_dict()),
+            "optimizer": opt.state_dict(),
+            "loop": dict(st),
+            "rng": {"torch": torch.get_rng_state()},
+            "ladder_ckpt": model.cfg.gradient_checkpointing,
+            "config": asdict(cfg),
+        }
 
     def emit(metrics: dict, status_: str) -> dict:
         nonlocal last_row
@@ -341,15 +415,20 @@ def train(cfg: Config, report: Report | None = None, *, resume: str | Path | Non
             metrics = evaluate(model, world, cfg, st["micro_batch"], device, amp, final=final)
             st["last_eval"] = st["step"]
             if not math.isfinite(metrics.get("val_loss", float("nan"))):  # diverged between two train steps
-                status, error = "diverged", f"non-finite val_loss {metrics.get('val_loss')} at step {st['step']}"
+                status, error = (
+                    "diverged",
+                    f"non-finite val_loss {metrics.get('val_loss')} at step {st['step']}",
+                )
                 emit({**metrics, "error": error}, status)
                 log(f"DIVERGED: {error}")
                 break
             r = emit(metrics, "complete" if final else "running")
-            log(f"eval step {st['step']} | val_loss {r['val_loss']:.4f} | fine {r['val_loss_fine']:.4f} | "
+            log(
+                f"eval step {st['step']} | val_loss {r['val_loss']:.4f} | fine {r['val_loss_fine']:.4f} | "
                 f"coarse {r['val_loss_coarse']:.4f} | ratio {r['loss_ratio']:.4f} | entropy coarse "
                 f"{r['attn_entropy_coarse']:.3f} fine {r['attn_entropy_fine']:.3f} | on-target coarse "
-                f"{r['attn_on_target_coarse']:.3f} fine {r['attn_on_target_fine']:.3f}")
+                f"{r['attn_on_target_coarse']:.3f} fine {r['attn_on_target_fine']:.3f}"
+            )
             if final:
                 status = "complete"
                 break
@@ -384,15 +463,27 @@ def train(cfg: Config, report: Report | None = None, *, resume: str | Path | Non
         if st["step"] % cfg.run.log_every == 0:
             sps = cfg.train.batch_size / dt
             eta = (steps - st["step"]) * dt
-            log(f"step {st['step']:5d}/{steps} | loss {loss:.4f} | lr {opt.param_groups[-1]['lr']:.2e} | "
+            log(
+                f"step {st['step']:5d}/{steps} | loss {loss:.4f} | lr {opt.param_groups[-1]['lr']:.2e} | "
                 f"dt {dt * 1000:.0f}ms | {sps:.0f} samples/s | mfu {100 * accounting.mfu(fps, sps, peak):.2f}% | "
-                f"eta {eta:.0f}s")
+                f"eta {eta:.0f}s"
+            )
 
-    summary = {"status": status, "error": error, "steps": st["step"], "total_steps": steps,
-               "samples_seen": st["samples_seen"], "flops_seen": st["flops_seen"], "wall_s": last_row.get("wall_s"),
-               "best_val_loss": st["best_val_loss"], "best_step": st["best_step"], "ladder": st["ladder"],
-               "checkpoint_dir": str(ckpts.root), **constants,
-               **{k: v for k, v in last_row.items() if k.startswith(("val_", "attn_", "loss_ratio", "train_infer"))}}
+    summary = {
+        "status": status,
+        "error": error,
+        "steps": st["step"],
+        "total_steps": steps,
+        "samples_seen": st["samples_seen"],
+        "flops_seen": st["flops_seen"],
+        "wall_s": last_row.get("wall_s"),
+        "best_val_loss": st["best_val_loss"],
+        "best_step": st["best_step"],
+        "ladder": st["ladder"],
+        "checkpoint_dir": str(ckpts.root),
+        **constants,
+        **{k: v for k, v in last_row.items() if k.startswith(("val_", "attn_", "loss_ratio", "train_infer"))},
+    }
     return summary
 
 
@@ -416,8 +507,10 @@ def _step_with_ladder(runner, model, opt, world, cfg, indices, st, device, amp, 
                 model.enable_gradient_checkpointing()
                 rung = f"step {st['step']}: OOM at micro_batch 1 -> gradient checkpointing on"
             else:
-                raise OOMGiveUp(f"out of memory at step {st['step']} even at micro_batch 1 with gradient "
-                                f"checkpointing ({str(e).splitlines()[0]}); use a smaller tier or fewer frames") from e
+                raise OOMGiveUp(
+                    f"out of memory at step {st['step']} even at micro_batch 1 with gradient "
+                    f"checkpointing ({str(e).splitlines()[0]}); use a smaller tier or fewer frames"
+                ) from e
             st["ladder"].append(rung)
             print(f"[oom ladder] {rung}", file=sys.stderr)
 
@@ -425,11 +518,15 @@ def _step_with_ladder(runner, model, opt, world, cfg, indices, st, device, amp, 
 def _step(runner, model, opt, world, cfg, indices, st, device, amp) -> tuple[float, float]:
     if st["step"] in cfg.train.inject_oom_steps and st["step"] not in st["injected"]:
         st["injected"].append(st["step"])  # fault injection for tests: a CUDA OOM the real ladder must handle
-        raise torch.OutOfMemoryError(f"CUDA out of memory (injected by train.inject_oom_steps at step {st['step']})")
+        raise torch.OutOfMemoryError(
+            f"CUDA out of memory (injected by train.inject_oom_steps at step {st['step']})"
+        )
     mb, total = st["micro_batch"], len(indices)
     opt.zero_grad(set_to_none=True)
     loss_sum = 0.0
-    chunks = [world.batch("train", indices[s : s + mb], stream_seed=cfg.train.seed) for s in range(0, total, mb)]
+    chunks = [
+        world.batch("train", indices[s : s + mb], stream_seed=cfg.train.seed) for s in range(0, total, mb)
+    ]
     if len(chunks) > 1:
         # FIX (tests/test_train.py::test_oom_ladder_keeps_the_effective_batch_and_the_sample_order): the caption
         # CE is a mean over scored tokens and captions have 5 or 7, so weighting each micro-batch's token mean
@@ -484,14 +581,20 @@ def main(argv: list[str] | None = None) -> int:
     tmp.write_text(json.dumps(summary, indent=1, default=float))
     os.replace(tmp, out / "summary.json")
     world = VideoWorld(cfg.world)
-    print(f"\n{summary['status']}: {summary['steps']} steps, {summary['samples_seen']:,} samples, "
-          f"{summary['wall_s']:.1f}s wall")
-    print(f"val_loss_fine {summary.get('val_loss_fine', float('nan')):.4f} | val_loss_coarse "
-          f"{summary.get('val_loss_coarse', float('nan')):.4f} | loss_ratio {summary.get('loss_ratio', float('nan')):.4f} "
-          f"| attn_entropy coarse {summary.get('attn_entropy_coarse', float('nan')):.3f} fine "
-          f"{summary.get('attn_entropy_fine', float('nan')):.3f}")
-    print(f"baselines: unigram entropy {world.unigram_entropy():.4f} | blind (grammar-aware) {world.blind_entropy():.4f} "
-          f"| train/inference gap {summary.get('train_infer_gap', float('nan')):+.4f}")
+    print(
+        f"\n{summary['status']}: {summary['steps']} steps, {summary['samples_seen']:,} samples, "
+        f"{summary['wall_s']:.1f}s wall"
+    )
+    print(
+        f"val_loss_fine {summary.get('val_loss_fine', float('nan')):.4f} | val_loss_coarse "
+        f"{summary.get('val_loss_coarse', float('nan')):.4f} | loss_ratio {summary.get('loss_ratio', float('nan')):.4f} "
+        f"| attn_entropy coarse {summary.get('attn_entropy_coarse', float('nan')):.3f} fine "
+        f"{summary.get('attn_entropy_fine', float('nan')):.3f}"
+    )
+    print(
+        f"baselines: unigram entropy {world.unigram_entropy():.4f} | blind (grammar-aware) {world.blind_entropy():.4f} "
+        f"| train/inference gap {summary.get('train_infer_gap', float('nan')):+.4f}"
+    )
     print(f"summary: {out / 'summary.json'}")
     return 0 if summary["status"] == "complete" else 1
 
@@ -504,9 +607,11 @@ def dry_run(cfg: Config) -> int:
     params = accounting.count_params(model)
     mem = accounting.memory_estimate_mb(cfg, params["total"], cfg.train.micro_batch, vocab)
     print(describe(cfg))
-    print(f"params {params['total']:,} ({accounting.PARAMS_CONVENTION}) | {fps:.3g} FLOPs/sample | "
-          f"{steps} steps x {cfg.train.batch_size} = {samples:,} samples = {fps * samples:.3g} FLOPs | "
-          f"memory estimate {mem:.0f} MiB at micro_batch {cfg.train.micro_batch} | evals at {eval_steps(cfg, steps)}")
+    print(
+        f"params {params['total']:,} ({accounting.PARAMS_CONVENTION}) | {fps:.3g} FLOPs/sample | "
+        f"{steps} steps x {cfg.train.batch_size} = {samples:,} samples = {fps * samples:.3g} FLOPs | "
+        f"memory estimate {mem:.0f} MiB at micro_batch {cfg.train.micro_batch} | evals at {eval_steps(cfg, steps)}"
+    )
     print(f"config_hash {config_hash(cfg)}")
     return 0
 
