@@ -13,6 +13,8 @@ per-tier data curves. A figure that fails is reported as a warning (never silent
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import matplotlib
@@ -350,6 +352,55 @@ def _config_label(df: pd.DataFrame) -> pd.Series:
     return df[parts].apply(lambda r: ", ".join(fmt(c, r[c]) for c in parts), axis=1)
 
 
+def pick_samples(evals: pd.DataFrame | None) -> tuple[str, dict] | None:
+    """The sample outputs (train.py's ``samples_json``) of the complete run with the lowest final val_loss."""
+    if evals is None or "samples_json" not in evals.columns:
+        return None
+    rows = evals[evals["samples_json"].notna()]
+    if "val_loss" in rows.columns:
+        rows = rows.sort_values("val_loss")
+    if not len(rows):
+        return None
+    r = rows.iloc[0]
+    label = f"{r.get('experiment', '')} trial {r.get('trial_id', '')} ({r.get('tier', '')}, arm {r.get('arm', '')})"
+    return label, json.loads(r["samples_json"])
+
+
+def plot_samples(samples: dict, out: Path, max_clips: int = 3) -> Path:
+    """Held-out clips re-rendered from the world config, with each read's attention over the patch grid."""
+    from fvlm.config import WorldConfig
+    from fvlm.world import VideoWorld
+
+    world = VideoWorld(WorldConfig(**samples["world"]))
+    clips = samples["clips"][:max_clips]
+    reads = [r for r in ("coarse", "fine") if f"attn_{r}" in clips[0]]
+    t = world.cfg.frames
+    n_rows = len(clips) * len(reads)
+    fig, axes = plt.subplots(n_rows, t, figsize=(1.3 * t, 1.45 * n_rows), squeeze=False)
+    for c, clip in enumerate(clips):
+        frames = world.clip("val", clip["val_index"])["frames"]  # [T, 3, H, W]
+        for r, read in enumerate(reads):
+            attn = np.asarray(clip[f"attn_{read}"])  # [T, grid*grid]
+            grid = int(round(np.sqrt(attn.shape[1])))
+            for k in range(t):
+                ax = axes[c * len(reads) + r, k]
+                ax.imshow(np.transpose(frames[k], (1, 2, 0)), interpolation="nearest")
+                size = frames.shape[-1]
+                ax.imshow(attn[k].reshape(grid, grid), cmap="magma", alpha=0.55, extent=(0, size, size, 0),
+                          interpolation="nearest")
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if k == 0:
+                    ax.set_ylabel(read, fontsize=8)
+            title = f"truth: {clip['truth']}" + (f"  |  pred: {clip['pred']}" if "pred" in clip else "")
+            if r == 0:
+                axes[c * len(reads), 0].set_title(title, fontsize=8, loc="left")
+    fig.subplots_adjust(left=0.05, right=0.99, top=0.95, bottom=0.01, wspace=0.05, hspace=0.3)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def make_all(analysis, out_dir: Path) -> tuple[list[Path], list[str]]:
     """Every figure the analysis supports; returns (paths, warnings for figures that failed)."""
     out_dir = Path(out_dir)
@@ -380,6 +431,8 @@ def make_all(analysis, out_dir: Path) -> tuple[list[Path], list[str]]:
         and pd.to_numeric(ev["val_loss_coarse"], errors="coerce").notna().any()
     )
     jobs.append(("fine_vs_coarse.png", lambda p: plot_fine_vs_coarse(ev, ru, p), has_fc))
+    samples = pick_samples(ev)
+    jobs.append(("samples.png", lambda p: plot_samples(samples[1], p), samples is not None))
     for name, fn, wanted in jobs:
         if not wanted:
             continue

@@ -359,6 +359,19 @@ def _cost_section(a: Analysis, usd_per_gpu_hour: float) -> list[str]:
     return out or ["- n/a (external data)"]
 
 
+def _samples_section(a: Analysis) -> list[str]:
+    """Captions vs truth of the best run's held-out clips (teacher-forced argmax; see samples.png)."""
+    from analysis.plots import pick_samples
+
+    picked = pick_samples(a.evals)
+    if picked is None:
+        return []
+    label, samples = picked
+    rows = ["| val clip | truth | predicted (teacher-forced) |", "|---|---|---|"]
+    rows += [f"| {c['val_index']} | {c['truth']} | {c.get('pred', 'n/a')} |" for c in samples["clips"]]
+    return ["## Sample outputs", "", f"From {label}; attention maps in samples.png.", "", *rows, ""]
+
+
 def write_report(
     a: Analysis, out_dir: Path, plots: list[Path] = (), usd_per_gpu_hour: float = DEFAULT_USD_PER_GPU_HOUR
 ) -> Path:
@@ -410,6 +423,7 @@ def write_report(
             "",
             to_markdown(a.eval_table),
         ]
+    L += _samples_section(a)
     L += ["## Warnings", ""] + ([f"- {w}" for w in a.warnings] or ["- none"]) + [""]
     L += ["## Cost", ""] + _cost_section(a, usd_per_gpu_hour) + [""]
     loc = ", ".join(f"{k} {v}" for k, v in blo["lines_of_code"].items())

@@ -254,8 +254,11 @@ def evaluate(
                 sums[k] = sums.get(k, 0.0) + float(v) * n
                 sums[f"_n_{k}"] = sums.get(f"_n_{k}", 0) + n
         seen += n
+    samples = sample_outputs(model, world, device, amp) if final else None
     model.train(was_training)
     out = {k: sums[k] / sums[f"_n_{k}"] for k in sums if not k.startswith("_n_")}
+    if samples is not None:
+        out["samples_json"] = samples
     for k in (
         "val_loss_fine",
         "val_loss_coarse",
@@ -271,6 +274,30 @@ def evaluate(
     if "val_loss_ar" in out:
         out["train_infer_gap"] = out["val_loss_ar"] - out["val_loss_fine"]
     return out
+
+
+@torch.no_grad()
+def sample_outputs(model: FoveatedVLM, world: VideoWorld, device: torch.device, amp, n: int = 4) -> str:
+    """The first ``n`` held-out clips: true vs predicted caption (teacher-forced argmax of the scored pass)
+    and each read's last-layer attention over the patch grid, as JSON for the report card. The clips
+    themselves are re-rendered from (world config, val index) when plotted."""
+    batch = next(world.val_batches(n))
+    batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+    with autocast(device, amp):
+        out = model(batch, compute_coarse=True)
+    rows = []
+    for i in range(len(batch["captions"])):
+        row = {"val_index": i, "truth": batch["captions"][i]}
+        if out.logits is not None:
+            scored = batch["loss_mask"][i, 1:] == 1
+            ids = out.logits[i, :-1].argmax(-1)[scored].tolist()
+            row["pred"] = " ".join(world.vocab[t] for t in ids if world.vocab[t] not in ("<eos>", "<bos>"))
+        for name in ("coarse", "fine"):
+            attn = getattr(out, f"attn_{name}")
+            if attn is not None:  # [B, T, L, H, P] -> last layer, head mean, patches only: [T, grid*grid]
+                row[f"attn_{name}"] = attn[i, :, -1].float().mean(1)[:, 1:].round(decimals=3).tolist()
+        rows.append(row)
+    return json.dumps({"world": asdict(world.cfg), "clips": rows})
 
 
 def autocast(device: torch.device, amp: torch.dtype | None):

@@ -371,3 +371,26 @@ def test_evaluation_does_not_depend_on_the_eval_batch_size():
     for e in evals[1:]:  # 7 does not divide 30: the last batch is cut, not 35 clips
         for key in ("val_loss", "val_loss_fine", "val_loss_coarse", "val_acc_colour", "attn_entropy_fine"):
             assert e[key] == pytest.approx(evals[0][key], rel=1e-6), key
+
+
+def test_the_final_row_carries_sample_outputs_the_report_can_draw(reference, tmp_path):
+    import json
+
+    import pandas as pd
+
+    from analysis.plots import pick_samples, plot_samples
+
+    final = reference["rows"][-1]
+    samples = json.loads(final["samples_json"])
+    clips = samples["clips"]
+    assert len(clips) == 4 and all(c["truth"] and "pred" in c for c in clips)
+    grid = reference["cfg"].world.frame_size // reference["cfg"].model.patch_size
+    for c in clips:  # one attention map per frame and read, a distribution over the patch grid
+        for read in ("attn_coarse", "attn_fine"):
+            attn = c[read]
+            assert len(attn) == reference["cfg"].world.frames and len(attn[0]) == grid * grid
+            assert 0.5 < sum(attn[0]) <= 1.01  # the CLS token takes the rest
+    assert all("samples_json" not in r for r in reference["rows"][:-1])
+    label, picked = pick_samples(pd.DataFrame(reference["rows"]))
+    png = plot_samples(picked, tmp_path / "samples.png")
+    assert png.stat().st_size > 10_000
