@@ -14,7 +14,6 @@ per-tier data curves. A figure that fails is reported as a warning (never silent
 from __future__ import annotations
 
 import json
-
 from pathlib import Path
 
 import matplotlib
@@ -386,8 +385,13 @@ def plot_samples(samples: dict, out: Path, max_clips: int = 3) -> Path:
                 ax = axes[c * len(reads) + r, k]
                 ax.imshow(np.transpose(frames[k], (1, 2, 0)), interpolation="nearest")
                 size = frames.shape[-1]
-                ax.imshow(attn[k].reshape(grid, grid), cmap="magma", alpha=0.55, extent=(0, size, size, 0),
-                          interpolation="nearest")
+                ax.imshow(
+                    attn[k].reshape(grid, grid),
+                    cmap="magma",
+                    alpha=0.55,
+                    extent=(0, size, size, 0),
+                    interpolation="nearest",
+                )
                 ax.set_xticks([])
                 ax.set_yticks([])
                 if k == 0:
