@@ -44,9 +44,7 @@ class WorldConfig:
     frame_size: int = 32  # H = W in pixels
     sprite_size: int = 8  # target sprite side in pixels
     distractors: int = 3  # number of distractor sprites
-    distractor_style: str = (
-        "gray"  # gray (only the target is coloured) | colored (same palette; told apart by motion)
-    )
+    distractor_style: str = "gray"  # gray (only the target is coloured) | colored (told apart by motion)
     noise: float = 0.02  # std of pixel noise
     speed: float = 3.0  # target speed in pixels per frame
     turn_prob: float = 0.5  # chance the target turns once, at mid-clip, to a perpendicular direction
