@@ -77,15 +77,11 @@ class ModelConfig:
     query_init_std: float = 1.0  # init std of q_static / q_init (upstream BUG-001: 0.02 kills foveation)
     fine_iters: int = 1  # fine passes; each takes its queries from the previous pass's LLM states
     mode: str = "coarse_fine"  # training mode: coarse_fine (foveated) | coarse_only (static query arm)
-    lambda_coarse: float = (
-        0.5  # weight of the coarse caption loss (trains the static read; makes loss_ratio live)
-    )
+    lambda_coarse: float = 0.5  # weight of the coarse loss (trains the static read; makes loss_ratio live)
     fine_read: str = "same"  # fine pass reads the same patch grid (same) or a 2x finer one (hires)
     pos_code: bool = True  # add a 2D sin-cos code of where the query looked to its token (motion needs it)
     query_source: str = "llm"  # fine queries from the LLM (llm) | aimed at the true target (oracle) | random
-    visual_scale: float | None = (
-        None  # multiplier on projected visual tokens (None = LLM embedding std at init)
-    )
+    visual_scale: float | None = None  # multiplier on visual tokens (None = LLM embedding std at init)
     # --- objectives ---
     objective: str = "caption"  # caption (text CE) | reconstruct (next-frame VAE latents, MSE) | joint
     recon_weight: float = 0.5  # weight of the reconstruction loss in joint
@@ -93,9 +89,7 @@ class ModelConfig:
     # --- training-time structure ---
     freeze_dino: bool = False  # no gradients into the DINOv2 backbone
     freeze_llm: bool = False  # no gradients into the Llama backbone
-    gradient_checkpointing: bool = (
-        False  # HF checkpointing on the LLM (last rung of the OOM ladder turns it on)
-    )
+    gradient_checkpointing: bool = False  # recompute activations (the OOM ladder's last rung turns it on)
     # --- pretrained weights (real path): local folder or hub id; empty = random init from the dial ---
     llm_path: str = ""  # LlamaForCausalLM (e.g. HuggingFaceTB/SmolLM2-135M-Instruct)
     dino_path: str = ""  # Dinov2Model (e.g. facebook/dinov2-small)
