@@ -122,9 +122,7 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads (0 = leave torch's default)
     compile: bool = False  # torch.compile the model (state dicts are saved without the _orig_mod prefix)
     keep_last: int = 2  # checkpoints kept besides the best
-    inject_oom_steps: list[int] = field(
-        default_factory=list
-    )  # fault injection: raise a CUDA OOM at these steps
+    inject_oom_steps: list[int] = field(default_factory=list)  # fault injection: a CUDA OOM at these steps
 
 
 @dataclass
