@@ -17,7 +17,13 @@ os.environ.setdefault("WANDB_MODE", "disabled")  # Ray's W&B callback checks the
 def ray_cluster():
     import ray
 
-    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False,
-             object_store_memory=256 * 1024**2, configure_logging=False)
+    ray.init(
+        num_cpus=2,
+        num_gpus=1,
+        include_dashboard=False,
+        log_to_driver=False,
+        object_store_memory=256 * 1024**2,
+        configure_logging=False,
+    )
     yield ray
     ray.shutdown()

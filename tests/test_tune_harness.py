@@ -65,10 +65,19 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys):
     assert not any(tmp_path.iterdir())
 
 
+def test_lr_sweep_dry_run_shows_the_range_and_starts_nothing(tmp_path, capsys):
+    assert lr_sweep.main([*SMOKE, "--storage", str(tmp_path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "s1: 3 trials" in out and "around the dial's 0.00424" in out and "predicted at most" in out
+    assert not any(tmp_path.iterdir())
+
+
 def test_lr_from_a_sweep_file_is_used_and_stored(tmp_path, capsys):
     lr_dir = tmp_path / "lr-cpu-smoke"
     lr_dir.mkdir()
-    (lr_dir / "best_lr.json").write_text(json.dumps({"s1": {"lr": 0.0123, "source": "test sweep", "dial_lr": 0.004}}))
+    (lr_dir / "best_lr.json").write_text(
+        json.dumps({"s1": {"lr": 0.0123, "source": "test sweep", "dial_lr": 0.004}})
+    )
     assert scaling_grid.main([*SMOKE, "--storage", str(tmp_path), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "0.0123 (lr_sweep)" in out and "(dial)" in out  # s1 from the sweep, s2 from the dial
@@ -91,16 +100,31 @@ def test_smoke_grid_end_to_end_then_skips_complete_cells(ray_cluster, tmp_path, 
     assert set(runs["lr_source"].str.split(":").str[0]) == {"dial"}
     assert sorted(runs["tier"]) == ["s1", "s1", "s2", "s2"]
     assert (exp / "store" / "runs.parquet").exists() and (exp / "store" / "evals.parquet").exists()
+    assert all("eval step" in (d / "train.log").read_text() for d in trial_dirs(exp))  # reused actors too
     capsys.readouterr()
     before = trial_dirs(exp)
     assert scaling_grid.main(args) == 0
     assert "all 4 cell(s) already complete" in capsys.readouterr().out
     assert trial_dirs(exp) == before
+    assert scaling_grid.main([*args, "--schedule", "wsd", "--dry-run"]) == 2  # mixing needs a flag
+    assert "--mix-schedules" in capsys.readouterr().err
+    assert scaling_grid.main([*args, "--schedule", "wsd", "--dry-run", "--mix-schedules"]) == 0
 
 
 def test_injected_oom_walks_the_ladder_and_completes(ray_cluster, tmp_path):
-    args = [*SMOKE, "--storage", str(tmp_path), "--tiers", "1", "--budgets", "2.4e9",
-            "--set", "train.inject_oom_steps=[2]", "--set", "train.eval_points=4"]
+    args = [
+        *SMOKE,
+        "--storage",
+        str(tmp_path),
+        "--tiers",
+        "1",
+        "--budgets",
+        "2.4e9",
+        "--set",
+        "train.inject_oom_steps=[2]",
+        "--set",
+        "train.eval_points=4",
+    ]
     assert scaling_grid.main(args) == 0
     evals, runs = load_store(tmp_path / "grid-cpu-smoke")
     assert runs["status"].tolist() == ["complete"]
@@ -114,11 +138,26 @@ def test_injected_oom_walks_the_ladder_and_completes(ray_cluster, tmp_path):
 def test_quarter_card_cells_run_four_at_a_time(ray_cluster, tmp_path, capsys):
     from fvlm.config import load_config
 
-    cfg = load_config(REPO / "configs" / "base.yaml", {"model.scale": 1, "train.batch_size": 8, "train.steps": 1})
+    cfg = load_config(
+        REPO / "configs" / "base.yaml", {"model.scale": 1, "train.batch_size": 8, "train.steps": 1}
+    )
     mem, _, _ = analytic_memory_mb(cfg)
     card = 4 * (mem * 1.2 + 600) + 1  # each cell needs about a quarter of this "card"
-    args = ["--smoke-test", "--preset", "4090", "--storage", str(tmp_path), "--gpu-mem-mb", str(card),
-            "--tiers", "1", "--budgets", "2e10", "--seeds", "4"]
+    args = [
+        "--smoke-test",
+        "--preset",
+        "4090",
+        "--storage",
+        str(tmp_path),
+        "--gpu-mem-mb",
+        str(card),
+        "--tiers",
+        "1",
+        "--budgets",
+        "2e10",
+        "--seeds",
+        "4",
+    ]
     assert scaling_grid.main(args) == 0
     out = capsys.readouterr().out
     assert "4 trial(s) share a GPU" in out
@@ -154,6 +193,14 @@ def test_ablation_smoke_appends_a_verdict_row(ray_cluster, tmp_path, capsys):
     assert runs.groupby("arm")["seed"].apply(sorted).tolist() == [[0, 1, 2], [0, 1, 2]]
 
 
+def test_wandb_offline_keeps_its_files_in_the_experiment(ray_cluster, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    args = [*SMOKE, "--storage", str(tmp_path), "--tiers", "1", "--budgets", "2.4e9", "--wandb"]
+    assert scaling_grid.main(args) == 0
+    runs = list((tmp_path / "grid-cpu-smoke" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("run-*.wandb"))
+
+
 @pytest.mark.slow
 def test_lr_sweep_smoke_writes_best_lr_for_the_grid(ray_cluster, tmp_path, capsys):
     assert lr_sweep.main([*SMOKE, "--storage", str(tmp_path)]) == 0
@@ -186,23 +233,40 @@ def _statuses(exp: Path) -> dict[str, list[str]]:
 
 @pytest.mark.slow
 def test_sigkill_mid_grid_then_resume_reruns_nothing_complete(tmp_path):
-    cmd = [sys.executable, str(REPO / "tune" / "scaling_grid.py"), *SMOKE, "--storage", str(tmp_path),
-           "--tiers", "1", "--budgets", "4e10", "--seeds", "6", "--set", "train.eval_points=4"]
+    cmd = [
+        sys.executable,
+        str(REPO / "tune" / "scaling_grid.py"),
+        *SMOKE,
+        "--storage",
+        str(tmp_path),
+        "--tiers",
+        "1",
+        "--budgets",
+        "4e10",
+        "--seeds",
+        "6",
+        "--set",
+        "train.eval_points=4",
+    ]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(WANDB_MODE="disabled", PYTHONUNBUFFERED="1")
     exp = tmp_path / "grid-cpu-smoke"
     log = open(tmp_path / "driver.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     try:
         deadline = time.time() + 240
-        while time.time() < deadline:
-            done = [t for t, s in _statuses(exp).items() if s and s[-1] == "complete"]
-            if len(done) >= 2:
+        while time.time() < deadline:  # kill when 2 trials are complete and another is past a checkpoint
+            states = _statuses(exp)
+            done = [t for t, s in states.items() if s and s[-1] == "complete"]
+            midway = [t for t, s in states.items() if len(s) >= 3 and s[-1] == "running"]
+            if len(done) >= 2 and midway:
                 break
             assert proc.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
-            time.sleep(0.5)
+            time.sleep(0.2)
         else:
-            pytest.fail("no two trials completed within 240 s")
+            pytest.fail("no two complete trials and one midway within 240 s")
         os.kill(proc.pid, signal.SIGKILL)  # the driver only: its Ray cluster dies with it
         proc.wait()
     finally:
@@ -212,14 +276,28 @@ def test_sigkill_mid_grid_then_resume_reruns_nothing_complete(tmp_path):
             pass
         log.close()
     time.sleep(2)
-    snapshot = {t: (exp / t / "result.json").read_text() for t, s in _statuses(exp).items() if s[-1:] == ["complete"]}
+    snapshot = {
+        t: (exp / t / "result.json").read_text() for t, s in _statuses(exp).items() if s[-1:] == ["complete"]
+    }
     assert 2 <= len(snapshot) < 6  # killed mid-grid: some trials complete, others running or not started
-    res = subprocess.run([*cmd, "--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-                         start_new_session=True)
+    res = subprocess.run(
+        [*cmd, "--resume"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        start_new_session=True,
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     evals, runs = load_store(exp, refresh=True)
     assert len(runs) == 6 and set(runs["status"]) == {"complete"}
-    assert not evals.duplicated(["trial_id", "step"]).any()  # no duplicate rows
+    for d in trial_dirs(exp):  # no duplicate rows, in Tune's own files (the store would drop them)
+        steps = [json.loads(line)["step"] for line in (d / "result.json").read_text().splitlines()]
+        assert len(steps) == len(set(steps)), (d.name, steps)
+    assert (runs["duplicate_rows"] == 0).all()
     for trial, text in snapshot.items():  # complete before the kill: not rerun, not a row added
-        assert (exp / trial / "result.json").read_text() == text
+        assert (exp / trial / "result.json").read_text() == text, trial
+    logs = "".join((d / "train.log").read_text() for d in trial_dirs(exp) if (d / "train.log").exists())
+    assert "resumed from" in logs  # the midway trial continued from its checkpoint (its log goes on)
     assert final_rows(exp).groupby("trial_id").size().eq(1).all()

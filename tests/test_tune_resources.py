@@ -84,4 +84,35 @@ def test_set_yaml_value_keeps_comments_and_adds_missing_keys():
 
 
 def test_fmt_value_is_the_yaml_a_user_types():
-    assert [ex.fmt_value(v) for v in (False, None, 0.5, "coarse_only", 2)] == ["false", "null", "0.5", "coarse_only", "2"]
+    assert [ex.fmt_value(v) for v in (False, None, 0.5, "coarse_only", 2)] == [
+        "false",
+        "null",
+        "0.5",
+        "coarse_only",
+        "2",
+    ]
+
+
+def test_expect_per_arm_from_a_string_or_a_mapping():
+    assert ablate.expect_for({"expect": "worse"}, "false") == "worse"
+    assert ablate.expect_for({"expect": {32: "worse", 128: "better"}}, "128") == "better"
+    assert ablate.expect_for({}, "x") == "better"
+
+
+def test_promote_writes_a_significant_winner_and_only_then(tmp_path, capsys):
+    from analysis.verdicts import paired_verdict
+
+    base = tmp_path / "base.yaml"
+    base.write_text(ex.BASE_YAML.read_text())
+    ctx = ex.Context.from_args(
+        ablate.build_parser().parse_args(["--preset", "cpu", "--config", str(base)]), "ablate"
+    )
+    worse = paired_verdict([1.0, 1.1, 1.2], [1.5, 1.61, 1.69], param="model.deep_query", arm="false")
+    ablate.promote(ctx, "model.deep_query", [worse])
+    assert "deep_query: true" in base.read_text()
+    better = paired_verdict(
+        [1.0, 1.1, 1.2], [0.5, 0.61, 0.69], param="model.deep_query", arm="false", expect="worse"
+    )  # the hypothesis FAILED, but the variant wins: promote it
+    ablate.promote(ctx, "model.deep_query", [worse, better])
+    assert "deep_query: false" in base.read_text() and load_config(base).model.deep_query is False
+    assert "model.deep_query = false" in capsys.readouterr().out

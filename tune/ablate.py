@@ -4,14 +4,15 @@ Usage:
     python tune/ablate.py --list                         # the checklist with hypotheses
     python tune/ablate.py --param deep_query             # baseline + variants x 3 seeds, verdict, LOG.md row
     python tune/ablate.py --param fine_iters --values 2 --seeds 5
-    python tune/ablate.py --param deep_query --promote   # a VALIDATED winner is written into configs/base.yaml
+    python tune/ablate.py --param deep_query --promote   # a significant winner is written into configs/base.yaml
     python tune/ablate.py --param deep_query --smoke-test --log /tmp/LOG.md
 
 Every arm trains the same steps on the same data: seed i of every arm sets train.seed=i, which fixes both the
 init and the data order (paired seeds). The run length comes from the preset's `ablation` section of
 configs/grid.yaml (cpu: scale 2, 250 steps; a few minutes for 3 seeds x 2 arms on 2 cores), the entry's
 `context` overrides go to every arm, baseline included. The statistics (paired t CI and test, bootstrap,
-VALIDATED / FAILED / INCONCLUSIVE) live in analysis/verdicts.py, shared with the report.
+VALIDATED / FAILED / INCONCLUSIVE judged against the entry's `expect` direction) live in
+analysis/verdicts.py, shared with the report.
 """
 
 from __future__ import annotations
@@ -35,7 +36,11 @@ def build_parser():
     p.add_argument("--param", default=None, help="checklist name (see --list)")
     p.add_argument("--values", nargs="+", default=None, help="variant values instead of the checklist's")
     p.add_argument("--list", action="store_true", help="print the checklist with hypotheses and exit")
-    p.add_argument("--promote", action="store_true", help="write a VALIDATED winner into the base config")
+    p.add_argument(
+        "--promote",
+        action="store_true",
+        help="write a variant that beats the baseline significantly into the base config",
+    )
     p.add_argument("--log", default=str(ex.REPO / "LOG.md"), help="experiment log to append the verdict to")
     p.add_argument("--ablations", default=str(ABLATIONS_YAML), help="checklist file")
     return p
@@ -51,10 +56,15 @@ def load_checklist(path: str) -> dict:
 def print_checklist(checklist: dict) -> None:
     for name, e in checklist.items():
         values = ", ".join(ex.fmt_value(v) for v in e["values"])
-        ctx = f" (every arm: {', '.join(f'{k}={ex.fmt_value(v)}' for k, v in e['context'].items())})" \
-            if e.get("context") else ""
-        print(f"{name:<20} {e['key']} -> {values}{ctx}\n{'':<20} metric {e.get('metric', 'val_loss')}: "
-              f"{e['hypothesis']}")
+        ctx = (
+            f" (every arm: {', '.join(f'{k}={ex.fmt_value(v)}' for k, v in e['context'].items())})"
+            if e.get("context")
+            else ""
+        )
+        print(
+            f"{name:<20} {e['key']} -> {values}{ctx}\n{'':<20} metric {e.get('metric', 'val_loss')}, "
+            f"expect {e.get('expect', 'better')}: {e['hypothesis']}"
+        )
 
 
 def entry_for(checklist: dict, param: str | None) -> dict:
@@ -72,14 +82,29 @@ def arm_cells(ctx: ex.Context, param: str, entry: dict, values: list, seeds: int
     cells = []
     for arm, over in arms:
         for seed in range(seeds):
-            meta = {"arm": arm, "param": param, "lr_source": "dial: 1/sqrt(width) transfer (configs/tiers.yaml)"}
-            cells.append(ctx.make_cell(f"{param}_{_slug(arm)}_seed{seed}", {**common, **over, "train.seed": seed},
-                                       meta))
+            meta = {
+                "arm": arm,
+                "param": param,
+                "lr_source": "dial: 1/sqrt(width) transfer (configs/tiers.yaml)",
+            }
+            cells.append(
+                ctx.make_cell(
+                    f"{param}_{_slug(arm)}_seed{seed}", {**common, **over, "train.seed": seed}, meta
+                )
+            )
     return cells
 
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.=-]+", "_", text)
+
+
+def expect_for(entry: dict, arm: str) -> str:
+    """The hypothesis' direction for one arm: `expect` is better | worse, or a mapping value -> direction."""
+    expect = entry.get("expect", "better")
+    if isinstance(expect, dict):
+        return {ex.fmt_value(k): d for k, d in expect.items()}.get(arm, "better")
+    return str(expect)
 
 
 def verdicts(ctx: ex.Context, param: str, entry: dict) -> list:
@@ -89,14 +114,27 @@ def verdicts(ctx: ex.Context, param: str, entry: dict) -> list:
     _, runs = load_store(ctx.exp_dir, refresh=True)
     metric = f"final_{entry.get('metric', 'val_loss')}"
     runs = runs[runs["arm"].notna()]
-    out = verdicts_from_runs(runs, param=entry["key"], metric=metric,
-                             lower_is_better=bool(entry.get("lower_is_better", True)))
     base = ex.fmt_value(_baseline_value(ctx, entry["key"]))
-    for v in out:
-        print("\n" + format_verdict(v))
-        context = ", ".join(f"{k}={ex.fmt_value(x)}" for k, x in entry.get("context", {}).items())
-        config = f"{entry['key']}: {base} -> {v.arm}; {_length(ctx)}" + (f"; every arm {context}" if context else "")
-        append_log(ctx.args.log, log_row(v, experiment=ctx.name, hypothesis=entry["hypothesis"], config=config))
+    context = ", ".join(f"{k}={ex.fmt_value(x)}" for k, x in entry.get("context", {}).items())
+    out = []
+    for arm in sorted(set(runs["arm"].astype(str)) - {"baseline"}):
+        pair = runs[runs["arm"].astype(str).isin(["baseline", arm])]
+        found = verdicts_from_runs(
+            pair,
+            param=entry["key"],
+            metric=metric,
+            expect=expect_for(entry, arm),
+            lower_is_better=bool(entry.get("lower_is_better", True)),
+        )
+        for v in found:
+            print("\n" + format_verdict(v))
+            config = f"{entry['key']}: {base} -> {v.arm}; {_length(ctx)}" + (
+                f"; every arm {context}" if context else ""
+            )
+            append_log(
+                ctx.args.log, log_row(v, experiment=ctx.name, hypothesis=entry["hypothesis"], config=config)
+            )
+        out += found
     print(f"\nverdict row(s) appended to {ctx.args.log}")
     return out
 
@@ -110,16 +148,21 @@ def _baseline_value(ctx: ex.Context, key: str):
 
 def _length(ctx: ex.Context) -> str:
     a = ctx.section.get("ablation", {})
-    return ", ".join(f"{k}={ex.fmt_value(v)}" for k, v in a.items() if k.startswith(("model.scale", "train.steps")))
+    return ", ".join(
+        f"{k}={ex.fmt_value(v)}" for k, v in a.items() if k.startswith(("model.scale", "train.steps"))
+    )
 
 
 def promote(ctx: ex.Context, key: str, found: list) -> None:
-    """Write the best VALIDATED arm's value into the base config (a text edit that keeps the comments)."""
+    """Write the best significantly-better arm's value into the base config (a text edit keeping comments).
+
+    A winner beats the baseline significantly (paired-t CI excludes 0, p < alpha) whatever the hypothesis
+    expected: a FAILED "variant is worse" hypothesis with a better variant is still a winner."""
     from fvlm.config import ConfigError, load_config
 
-    winners = [v for v in found if v.label == "VALIDATED"]
+    winners = [v for v in found if v.significant and v.variant_better]
     if not winners:
-        print("--promote: no VALIDATED variant; the base config is unchanged")
+        print("--promote: no variant beats the baseline significantly; the base config is unchanged")
         return
     best = min(winners, key=lambda v: v.effect if v.lower_is_better else -v.effect)
     path = Path(ctx.args.config)
@@ -139,11 +182,15 @@ def set_yaml_value(text: str, key: str, value: str) -> str:
     """Set `section.leaf: value` in a two-level YAML text, adding the leaf (or the section) if missing."""
     section, leaf = key.split(".", 1)
     lines = text.splitlines()
-    start = next((i for i, line in enumerate(lines) if re.match(rf"^{re.escape(section)}:\s*(#.*)?$", line)), None)
+    start = next(
+        (i for i, line in enumerate(lines) if re.match(rf"^{re.escape(section)}:\s*(#.*)?$", line)), None
+    )
     if start is None:
         return text.rstrip("\n") + f"\n\n{section}:\n  {leaf}: {value}\n"
-    end = next((i for i in range(start + 1, len(lines)) if lines[i] and not lines[i].startswith((" ", "#"))),
-               len(lines))
+    end = next(
+        (i for i in range(start + 1, len(lines)) if lines[i] and not lines[i].startswith((" ", "#"))),
+        len(lines),
+    )
     for i in range(start + 1, end):
         m = re.match(rf"^(\s+){re.escape(leaf)}:\s*[^#]*?(\s*#.*)?$", lines[i])
         if m:

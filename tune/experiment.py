@@ -10,7 +10,7 @@ Storage is ``--storage`` (default ./runs, made absolute); the experiment name is
 ``ablate-deep_query-cpu``, ``lr-cpu/s2``; ``-smoke`` with --smoke-test) so that ``--resume`` finds it
 (``Tuner.restore``; ray issue 36062). ``--address`` or ``RAY_ADDRESS`` joins an existing Ray cluster.
 ``TUNE_GLOBAL_CHECKPOINT_S`` is set low so a killed driver loses at most a second or two of trial state
-(measured: the default let finished trials rerun after a SIGKILL). W&B runs only with ``--wandb``, offline
+(ray-notes: with the default, finished trials reran after a SIGKILL). W&B runs only with ``--wandb``, offline
 unless logged in, its files under the experiment folder.
 """
 
@@ -28,7 +28,8 @@ from pathlib import Path
 os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")  # read when the Tuner is built
 # every evaluation checkpoints, so Tune forces frequent state snapshots (wanted, for restore); mute its warning
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0 the legacy reporter prints nothing: ours does
+# with verbose=0 the legacy reporter prints nothing (the new one still prints its tables): tune/progress.py does
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 import yaml  # noqa: E402
 from ray.tune.search import Searcher  # noqa: E402
@@ -55,23 +56,45 @@ class _Parser(argparse.ArgumentParser):
 
 
 def make_parser(doc: str, kind: str) -> argparse.ArgumentParser:
-    p = _Parser(prog=f"tune/{ {'grid': 'scaling_grid', 'lr': 'lr_sweep'}.get(kind, kind)}.py",
-                description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", choices=PRESETS, default=None, help="cpu or 4090 (default: 4090 if CUDA is visible)")
+    p = _Parser(
+        prog=f"tune/{ {'grid': 'scaling_grid', 'lr': 'lr_sweep'}.get(kind, kind) }.py",
+        description=doc.split("\n\n")[0],
+        epilog=doc.split("\n\n", 1)[1] if "\n\n" in doc else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--preset", choices=PRESETS, default=None, help="cpu or 4090 (default: 4090 if CUDA is visible)"
+    )
     p.add_argument("--name", default=None, help="experiment name (default: fixed per command and preset)")
     p.add_argument("--storage", default="runs", help="experiment storage folder (default ./runs)")
-    p.add_argument("--address", default=None, help="existing Ray cluster (default: $RAY_ADDRESS, else a local one)")
+    p.add_argument(
+        "--address", default=None, help="existing Ray cluster (default: $RAY_ADDRESS, else a local one)"
+    )
     p.add_argument("--resume", action="store_true", help="continue the experiment through Tuner.restore")
-    p.add_argument("--dry-run", action="store_true", help="print the plan (cells, FLOPs, packing, time) and exit")
-    p.add_argument("--smoke-test", action="store_true", help="tiny cells (grid.yaml 'smoke'), seconds per trial")
+    p.add_argument(
+        "--dry-run", action="store_true", help="print the plan (cells, FLOPs, packing, time) and exit"
+    )
+    p.add_argument(
+        "--smoke-test", action="store_true", help="tiny cells (grid.yaml 'smoke'), seconds per trial"
+    )
     p.add_argument("--wandb", action="store_true", help="log to W&B (offline unless logged in)")
     p.add_argument("--seeds", type=int, default=None, help="seeds per cell (0..N-1)")
     p.add_argument("--config", default=str(BASE_YAML), help="base fvlm config (default configs/base.yaml)")
     p.add_argument("--grid-file", default=str(GRID_YAML), help="presets file (default configs/grid.yaml)")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="fvlm override applied to every cell, e.g. --set train.inject_oom_steps=[2]")
-    p.add_argument("--gpu-mem-mb", type=float, default=None, help="GPU memory per card for packing (default: measured)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads per trial on CPU (default: 1 per core)")
+    p.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="fvlm override applied to every cell, e.g. --set train.inject_oom_steps=[2]",
+    )
+    p.add_argument(
+        "--gpu-mem-mb", type=float, default=None, help="GPU memory per card for packing (default: measured)"
+    )
+    p.add_argument(
+        "--threads", type=int, default=0, help="torch threads per trial on CPU (default: 1 per core)"
+    )
     return p
 
 
@@ -88,6 +111,7 @@ class Cell:
     steps: int = 0
     samples: int = 0
     params: int = 0
+    params_note: str = ""  # e.g. a pretrained vocab unknown offline
     predicted_s: float = 0.0
 
     @property
@@ -121,6 +145,10 @@ class Context:
         """The experiment is named `<stem>-<preset>[-smoke]` (stem defaults to the kind) unless --name."""
         preset = args.preset or detect_preset(args.address)
         grid = load_grid(args.grid_file)
+        if preset not in grid["presets"]:
+            raise UsageError(
+                f"preset {preset!r} not in {args.grid_file}; valid: {', '.join(grid['presets'])}"
+            )
         section = dict(grid["presets"][preset])
         if args.smoke_test:
             section = deep_merge(section, grid.get("smoke", {}))
@@ -133,17 +161,24 @@ class Context:
         """Validate one cell (ConfigError -> UsageError) and count its steps and FLOPs."""
         overrides = {**overrides, **self.sets}
         base = str(Path(self.args.config).resolve())
-        meta = {"kind": self.kind, "experiment": self.name, "base_config": base, "cell": name, **meta}
+        meta = {
+            "kind": self.kind,
+            "experiment": self.name,
+            "base_config": base,
+            "cell": name,
+            "exp_dir": str(self.exp_dir),
+            **meta,
+        }
         try:
             cfg = load_config(base, overrides)
             from tune.resources import analytic_memory_mb
 
-            _, params, _ = analytic_memory_mb(cfg)
+            _, params, params_note = analytic_memory_mb(cfg)
             fps = accounting.flops_per_sample(cfg, _vocab(cfg))
             steps, samples = total_steps(cfg, fps)
         except ConfigError as e:
             raise UsageError(f"cell {name}: {e}") from None
-        return Cell(name, overrides, meta, cfg, fps, steps, samples, params)
+        return Cell(name, overrides, meta, cfg, fps, steps, samples, params, params_note=params_note)
 
 
 def _vocab(cfg: Config) -> int:
@@ -169,7 +204,13 @@ def load_grid(path: str | Path) -> dict:
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"grid file not found: {p} (default configs/grid.yaml)")
-    return yaml.safe_load(p.read_text())
+    try:
+        grid = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise UsageError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(grid, dict) or not isinstance(grid.get("presets"), dict):
+        raise UsageError(f"{p}: expected a 'presets' mapping (see configs/grid.yaml)")
+    return grid
 
 
 def deep_merge(a: dict, b: dict) -> dict:
@@ -224,8 +265,11 @@ def cluster_shape(ctx: Context) -> tuple[int, int, float]:
         cores = os.cpu_count() or 1
         gpus = (torch.cuda.device_count() or 1) if gpu else 0
     if gpus and not card:
-        card = (torch.cuda.get_device_properties(0).total_memory / 2**20 if torch.cuda.is_available()
-                else float(ctx.section.get("card_mem_mb", 0)))
+        card = (
+            torch.cuda.get_device_properties(0).total_memory / 2**20
+            if torch.cuda.is_available()
+            else float(ctx.section.get("card_mem_mb", 0))
+        )
     return cores, gpus, card
 
 
@@ -241,15 +285,25 @@ def pack(ctx: Context, cells: list[Cell]) -> Plan:
 
     cores, gpus, card = cluster_shape(ctx)
     try:
-        plan = plan_resources([c.cfg for c in cells], cores=cores, gpus=gpus, card_mb=card,
-                              headroom=float(ctx.section.get("headroom", 1.2)),
-                              probe=bool(gpus and torch.cuda.is_available() and not ctx.args.dry_run),
-                              threads=ctx.args.threads)
+        plan = plan_resources(
+            [c.cfg for c in cells],
+            cores=cores,
+            gpus=gpus,
+            card_mb=card,
+            headroom=float(ctx.section.get("headroom", 1.2)),
+            probe=bool(gpus and torch.cuda.is_available() and not ctx.args.dry_run),
+            threads=ctx.args.threads,
+        )
     except CellTooLarge as e:
         raise UsageError(f"refused before launch: {e}") from None
     for cell, res in zip(cells, plan.cells, strict=True):
-        cell.meta.update(cpus=res.cpus, gpu_fraction=res.gpu_fraction, threads=res.threads, mem_cap=res.mem_cap,
-                         mem_mb=round(res.mem_mb, 1))
+        cell.meta.update(
+            cpus=res.cpus,
+            gpu_fraction=res.gpu_fraction,
+            threads=res.threads,
+            mem_cap=res.mem_cap,
+            mem_mb=round(res.mem_mb, 1),
+        )
         if res.micro_batch != cell.cfg.train.micro_batch:
             cell.overrides["train.micro_batch"] = res.micro_batch
             cell.cfg.train.micro_batch = res.micro_batch
@@ -262,7 +316,14 @@ def predict_seconds(ctx: Context, cell: Cell, threads: int, gpu_fraction: float)
     mfu_table = ctx.section.get("mfu", {})
     mfu = float(mfu_table.get(cell.tier, mfu_table.get("default", 0.25)))
     if gpu_fraction:
-        rate = accounting.PEAK_FLOPS["RTX 4090"] * mfu * gpu_fraction  # ASSUMPTION: sharing splits the compute
+        import torch
+
+        peak = (
+            accounting.peak_flops("cuda")[0]
+            if torch.cuda.is_available()
+            else accounting.PEAK_FLOPS["RTX 4090"]
+        )
+        rate = peak * mfu * gpu_fraction  # ASSUMPTION: trials sharing a card split its compute
     else:
         rate = threads * accounting.CPU_FLOPS_PER_CORE * mfu
     t = cell.cfg.train
@@ -281,23 +342,31 @@ def makespan(durations: list[float], slots: int) -> float:
 
 def print_plan(ctx: Context, cells: list[Cell], plan: Plan, skipped: list[Cell], notes: list[str]) -> None:
     print(f"experiment {ctx.exp_dir} | preset {ctx.preset}{' (smoke test)' if ctx.args.smoke_test else ''}")
-    print(f"{'cell':<28}{'tier':>6}{'params':>11}{'budget':>10}{'FLOPs/smp':>11}{'steps':>7}{'micro':>6}"
-          f"{'mem MiB':>9}{'gpu':>7}{'pred s':>8}  lr")
+    print(
+        f"{'cell':<28}{'tier':>6}{'params':>13}{'budget':>10}{'FLOPs/smp':>11}{'steps':>7}{'micro':>6}"
+        f"{'mem MiB':>9}{'gpu':>7}{'pred s':>8}  lr"
+    )
     for c in cells:
-        print(f"{c.name:<28}{c.tier:>6}{c.params:>11,}{c.samples * c.fps:>10.3g}{c.fps:>11.3g}{c.steps:>7}"
-              f"{c.cfg.train.micro_batch:>6}{c.meta['mem_mb']:>9.0f}{c.meta['gpu_fraction']:>7.3g}"
-              f"{c.predicted_s:>8.0f}  {c.cfg.train.lr:.3g} ({c.meta.get('lr_source', 'config').split(':')[0]})")
-    for note in notes:
+        print(
+            f"{c.name:<28}{c.tier:>6}{c.params:>13,}{c.samples * c.fps:>10.3g}{c.fps:>11.3g}{c.steps:>7}"
+            f"{c.cfg.train.micro_batch:>6}{c.meta['mem_mb']:>9.0f}{c.meta['gpu_fraction']:>7.3g}"
+            f"{c.predicted_s:>8.0f}  {c.cfg.train.lr:.3g} ({c.meta.get('lr_source', 'config').split(':')[0]})"
+        )
+    for note in notes + sorted({f"tier {c.tier} params{c.params_note}" for c in cells if c.params_note}):
         print(f"note: {note}")
     if skipped:
-        print(f"skipping {len(skipped)} cell(s) already complete in the store: {', '.join(c.name for c in skipped)}")
+        print(
+            f"skipping {len(skipped)} cell(s) already complete in the store: {', '.join(c.name for c in skipped)}"
+        )
     print(plan.describe())
     total = sum(c.samples * c.fps for c in cells)
     wall = makespan([c.predicted_s for c in cells], plan.concurrency)
     gpu_h = sum(c.predicted_s * c.meta["gpu_fraction"] for c in cells) / 3600
     core_h = sum(c.predicted_s * c.meta["threads"] for c in cells) / 3600
-    print(f"{len(cells)} cell(s) to run, {total:.3g} training FLOPs | predicted wall {wall / 60:.1f} min "
-          f"({plan.concurrency} at a time) | {gpu_h:.2f} GPU-hours | {core_h:.2f} CPU core-hours")
+    print(
+        f"{len(cells)} cell(s) to run, {total:.3g} training FLOPs | predicted wall {wall / 60:.1f} min "
+        f"({plan.concurrency} at a time) | {gpu_h:.2f} GPU-hours | {core_h:.2f} CPU core-hours"
+    )
 
 
 # ----------------------------------------------------------------------------- Ray and Tune
@@ -323,18 +392,29 @@ def wandb_callbacks(ctx: Context) -> list:
     from ray.air.integrations.wandb import WandbLoggerCallback
 
     try:
-        logged_in = bool(os.environ.get("WANDB_API_KEY")) or bool(netrc.netrc().authenticators("api.wandb.ai"))
+        logged_in = bool(os.environ.get("WANDB_API_KEY")) or bool(
+            netrc.netrc().authenticators("api.wandb.ai")
+        )
     except (FileNotFoundError, netrc.NetrcParseError):
         logged_in = False
     if not logged_in:
         os.environ.setdefault("WANDB_MODE", "offline")  # Ray checks the env var, not the callback's mode
-    ctx.exp_dir.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("WANDB_DIR", str(ctx.exp_dir))
-    return [WandbLoggerCallback(project=f"foveated-vlm-{ctx.kind}", group=ctx.name, dir=str(ctx.exp_dir),
-                                upload_timeout=60)]
+    ctx.exp_dir.mkdir(parents=True, exist_ok=True)  # dir=: offline runs land in <experiment>/wandb/
+    # mode= reaches wandb.init inside Ray's logging actor, whose environment is the cluster's, not ours
+    mode = {"mode": os.environ["WANDB_MODE"]} if os.environ.get("WANDB_MODE") else {}
+    return [
+        WandbLoggerCallback(
+            project=f"foveated-vlm-{ctx.kind}",
+            group=ctx.name,
+            dir=str(ctx.exp_dir),
+            upload_timeout=60,
+            **mode,
+        )
+    ]
 
 
 def trial_dirname(trial) -> str:
+    """<cell>_<trial_id>: tune/trainable.py finds its storage folder by this name (train.log, stored rows)."""
     return f"{trial.config.get('meta.cell', 'trial')}_{trial.trial_id}"
 
 
@@ -399,10 +479,16 @@ def run_cells(ctx: Context, cells: list[Cell], notes: list[str] | None = None) -
     tuner = tune.Tuner(
         name,
         param_space={},
-        tune_config=tune.TuneConfig(search_alg=CellSearcher([c.trial_config() for c in todo]), num_samples=len(todo),
-                                    max_concurrent_trials=plan.concurrency, reuse_actors=plan.mode == "cpu",
-                                    trial_dirname_creator=trial_dirname),
-        run_config=run_config(ctx, [Progress(len(todo), {c.name: c.predicted_s for c in todo}, plan.concurrency)]),
+        tune_config=tune.TuneConfig(
+            search_alg=CellSearcher([c.trial_config() for c in todo]),
+            num_samples=len(todo),
+            max_concurrent_trials=plan.concurrency,
+            reuse_actors=plan.mode == "cpu",
+            trial_dirname_creator=trial_dirname,
+        ),
+        run_config=run_config(
+            ctx, [Progress(len(todo), {c.name: c.predicted_s for c in todo}, plan.concurrency)]
+        ),
     )
     tuner.fit()
     return summarize(ctx.exp_dir, t0, plan.concurrency)
@@ -412,8 +498,12 @@ def run_config(ctx: Context, callbacks: list):
     from ray import tune
 
     return tune.RunConfig(
-        name=ctx.name, storage_path=str(ctx.storage), verbose=0,
-        failure_config=tune.FailureConfig(max_failures=1),  # a crashed trial retries once, from its checkpoint
+        name=ctx.name,
+        storage_path=str(ctx.storage),
+        verbose=0,
+        failure_config=tune.FailureConfig(
+            max_failures=1
+        ),  # a crashed trial retries once, from its checkpoint
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         callbacks=callbacks + wandb_callbacks(ctx),
     )
@@ -442,7 +532,7 @@ def main_guard(fn) -> int:
     try:
         return fn()
     except (UsageError, ConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
         return 2
 
 

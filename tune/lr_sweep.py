@@ -64,28 +64,36 @@ def sweep_tier(ctx: ex.Context, tier, sec: dict, trials: int) -> dict | None:
     plan = ex.pack(tctx, [cell] * trials)  # trials copies: one thread per trial, `cores` trials at a time
     dial = cell.cfg.train.lr
     factor = float(sec.get("lr_factor", 6.0))
-    print(f"\n{tier_name}: {trials} trials, {cell.steps} steps ({float(sec['budget']):.3g} FLOPs) each, LR in "
-          f"[{dial / factor:.3g}, {dial * factor:.3g}] around the dial's {dial:.3g} | {plan.describe()}")
+    print(
+        f"\n{tier_name}: {trials} trials, {cell.steps} steps ({float(sec['budget']):.3g} FLOPs) each, LR in "
+        f"[{dial / factor:.3g}, {dial * factor:.3g}] around the dial's {dial:.3g} | {plan.describe()}"
+    )
     if ctx.args.dry_run:
         pred = ex.makespan([cell.predicted_s] * trials, plan.concurrency)
         print(f"{tier_name}: predicted at most {pred / 60:.1f} min (before ASHA stops any trial)")
         return None
     space = {**cell.trial_config(), "train.lr": tune.loguniform(dial / factor, dial * factor)}
     search = OptunaSearch(metric="val_loss", mode="min", points_to_evaluate=[{"train.lr": dial}], seed=0)
-    asha = ASHAScheduler(time_attr="step", max_t=cell.steps, grace_period=max(1, cell.steps // 4),
-                         reduction_factor=2)
+    asha = ASHAScheduler(
+        time_attr="step", max_t=cell.steps, grace_period=max(1, cell.steps // 4), reduction_factor=2
+    )
     path = str(tctx.exp_dir)
     t0 = time.time()
     if ctx.args.resume and tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(path, trainable=register(), resume_unfinished=True, resume_errored=True)
     else:
         tuner = tune.Tuner(
-            register(), param_space=space,
+            register(),
+            param_space=space,
             tune_config=tune.TuneConfig(
-                metric="val_loss", mode="min", num_samples=trials, scheduler=asha,
+                metric="val_loss",
+                mode="min",
+                num_samples=trials,
+                scheduler=asha,
                 search_alg=ConcurrencyLimiter(search, max_concurrent=plan.concurrency),
                 reuse_actors=plan.mode == "cpu",
-                trial_dirname_creator=lambda t: f"{tier_name}_lr{t.config['train.lr']:.3g}_{t.trial_id}"),
+                trial_dirname_creator=ex.trial_dirname,
+            ),
             run_config=ex.run_config(tctx, [Progress(trials, {}, plan.concurrency)]),
         )
     tuner.fit()
@@ -103,12 +111,20 @@ def pick_best(tctx: ex.Context, tier_name: str, dial: float, budget: float) -> d
         return None
     best = done.loc[done["final_val_loss"].idxmin()]
     lr = float(best["config.train.lr"])
-    print(f"{tier_name}: best LR {lr:.3g} (dial {dial:.3g}, x{lr / dial:.2f}) final val_loss "
-          f"{best['final_val_loss']:.4f} over {len(done)} complete of {len(runs)} trials")
-    return {"lr": lr, "dial_lr": dial, "val_loss": float(best["final_val_loss"]), "budget_flops": budget,
-            "trials": int(len(runs)), "complete": int(len(done)),
-            "source": f"{tctx.storage.name}/{tier_name} trial {best['trial_id']}: final val_loss "
-                      f"{best['final_val_loss']:.4f} at {budget:.3g} FLOPs"}
+    print(
+        f"{tier_name}: best LR {lr:.3g} (dial {dial:.3g}, x{lr / dial:.2f}) final val_loss "
+        f"{best['final_val_loss']:.4f} over {len(done)} complete of {len(runs)} trials"
+    )
+    return {
+        "lr": lr,
+        "dial_lr": dial,
+        "val_loss": float(best["final_val_loss"]),
+        "budget_flops": budget,
+        "trials": int(len(runs)),
+        "complete": int(len(done)),
+        "source": f"{tctx.storage.name}/{tier_name} trial {best['trial_id']}: final val_loss "
+        f"{best['final_val_loss']:.4f} at {budget:.3g} FLOPs",
+    }
 
 
 def write_best(path: Path, results: dict) -> None:
@@ -128,8 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         ctx = ex.Context.from_args(args, "lr")
         sec = ctx.section["lr_sweep"]
-        tiers = [int(t) if t.strip().isdigit() else t.strip() for t in args.tiers.split(",")] if args.tiers \
+        tiers = (
+            [int(t) if t.strip().isdigit() else t.strip() for t in args.tiers.split(",")]
+            if args.tiers
             else sec["tiers"]
+        )
         trials = args.trials or int(sec.get("trials", 6))
         have = json.loads(best_lr_path(ctx).read_text()) if best_lr_path(ctx).is_file() else {}
         if not args.dry_run:
@@ -139,12 +158,16 @@ def main(argv: list[str] | None = None) -> int:
         for tier in tiers:
             name = f"s{tier}" if isinstance(tier, int) else str(tier)
             if name in have and not (args.redo or args.resume or args.dry_run):
-                print(f"{name}: already in {best_lr_path(ctx)} (lr {have[name]['lr']:.3g}); --redo to sweep again")
+                print(
+                    f"{name}: already in {best_lr_path(ctx)} (lr {have[name]['lr']:.3g}); --redo to sweep again"
+                )
                 continue
             found = sweep_tier(ctx, tier, sec, trials)
             if found:
                 results[name] = found
-                write_best(best_lr_path(ctx), {name: found})  # after every tier: a killed sweep keeps its tiers
+                write_best(
+                    best_lr_path(ctx), {name: found}
+                )  # after every tier: a killed sweep keeps its tiers
         return 0 if args.dry_run or results or have else 1
 
     return ex.main_guard(body)

@@ -24,8 +24,10 @@ def _fmt_s(s: float) -> str:
 
 
 class Progress(tune.Callback):
-    HEADER = (f"{'elapsed':>8} {'done':>7}  {'cell':<26}{'tier':>6}{'budget':>9}{'step':>13}{'val_loss':>10}"
-              f"{'samples/s':>11}{'trial ETA':>11}{'run ETA':>9}")
+    HEADER = (
+        f"{'elapsed':>8} {'done':>7}  {'cell':<26}{'tier':>6}{'budget':>9}{'step':>13}{'val_loss':>10}"
+        f"{'samples/s':>11}{'trial ETA':>11}{'run ETA':>9}"
+    )
 
     def __init__(self, total: int, predicted_s: dict[str, float], concurrency: int) -> None:
         self.total, self.predicted, self.concurrency = total, dict(predicted_s), max(1, concurrency)
@@ -46,7 +48,7 @@ class Progress(tune.Callback):
         cell = str(result.get("cell") or trial.config.get("meta.cell", trial.trial_id))
         step, total = result.get("step", 0), result.get("total_steps", 0)
         sps = result.get("samples_per_s", float("nan"))
-        batch = trial.config.get("train.batch_size") or 32
+        batch = (result.get("micro_batch") or 1) * (result.get("grad_accum") or 1)
         eta = (total - step) * batch / sps if sps and math.isfinite(sps) and sps > 0 else float("nan")
         val = result.get("val_loss", float("nan"))
         status = result.get("status", "")
@@ -59,21 +61,30 @@ class Progress(tune.Callback):
             eta_txt = status
         else:
             eta_txt = _fmt_s(eta)
-        print(f"{_fmt_s(time.time() - self.t0):>8} {len(self.done):>3}/{self.total:<3}  {cell[:25]:<26}"
-              f"{str(result.get('tier', '')):>6}{float(result.get('budget_flops', 0)):>9.2g}{f'{step}/{total}':>13}"
-              f"{val:>10.4f}{sps:>11.0f}{eta_txt:>11}{_fmt_s(self._run_eta()):>9}", flush=True)
+        print(
+            f"{_fmt_s(time.time() - self.t0):>8} {len(self.done):>3}/{self.total:<3}  {cell[:25]:<26}"
+            f"{str(result.get('tier', '')):>6}{float(result.get('budget_flops', 0)):>9.2g}{f'{step}/{total}':>13}"
+            f"{val:>10.4f}{sps:>11.0f}{eta_txt:>11}{_fmt_s(self._run_eta()):>9}",
+            flush=True,
+        )
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         last = trial.last_result or {}
         if trial.trial_id not in self.done and last.get("status") == "running":  # stopped early (ASHA)
             self.done.add(trial.trial_id)
-            print(f"{_fmt_s(time.time() - self.t0):>8} {len(self.done):>3}/{self.total:<3}  "
-                  f"{str(last.get('cell', trial.trial_id))[:25]:<26} stopped by the scheduler at step "
-                  f"{last.get('step')} (val_loss {last.get('val_loss', float('nan')):.4f})", flush=True)
+            print(
+                f"{_fmt_s(time.time() - self.t0):>8} {len(self.done):>3}/{self.total:<3}  "
+                f"{str(last.get('cell', trial.trial_id))[:25]:<26} stopped by the scheduler at step "
+                f"{last.get('step')} (val_loss {last.get('val_loss', float('nan')):.4f})",
+                flush=True,
+            )
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        print(f"{_fmt_s(time.time() - self.t0):>8} trial {trial.trial_id} ({trial.config.get('meta.cell')}) "
-              f"raised an error; see {trial.path}/error.txt", flush=True)
+        print(
+            f"{_fmt_s(time.time() - self.t0):>8} trial {trial.trial_id} ({trial.config.get('meta.cell')}) "
+            f"raised an error; see {trial.path}/error.txt",
+            flush=True,
+        )
 
 
 def summarize(exp_dir: Path, t0: float, concurrency: int | None) -> int:
@@ -86,16 +97,20 @@ def summarize(exp_dir: Path, t0: float, concurrency: int | None) -> int:
     store = write_store(exp_dir)
     evals, runs = load_store(store)
     counts = runs["status"].value_counts().to_dict() if len(runs) else {}
-    print(f"\n{exp_dir.name}: {len(runs)} trial(s) in the store: "
-          + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    print(
+        f"\n{exp_dir.name}: {len(runs)} trial(s) in the store: "
+        + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    )
     this_run = evals[evals["trial_started_at"] >= t0] if "trial_started_at" in evals else evals.iloc[:0]
     trial_s = float(this_run.groupby("trial_id")["wall_s"].max().sum()) if len(this_run) else 0.0
     if concurrency:
         # overhead: what the slots spent outside fvlm.train (worker start, imports, scheduling, syncing)
         busy = trial_s / (concurrency * wall_s) if wall_s > 0 else float("nan")
-        print(f"wall {wall_s:.0f}s | summed in-trial time {trial_s:.0f}s over {concurrency} slot(s) "
-              f"({this_run['trial_id'].nunique()} trials) | slot utilisation {100 * busy:.0f}% | "
-              f"Ray overhead ~{wall_s - trial_s / concurrency:.0f}s")
+        print(
+            f"wall {wall_s:.0f}s | summed in-trial time {trial_s:.0f}s over {concurrency} slot(s) "
+            f"({this_run['trial_id'].nunique()} trials) | slot utilisation {100 * busy:.0f}% | "
+            f"Ray overhead ~{wall_s - trial_s / concurrency:.0f}s"
+        )
     else:
         print(f"wall {wall_s:.0f}s | summed in-trial time {trial_s:.0f}s")
     print(f"store: {store}")

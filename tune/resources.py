@@ -32,7 +32,9 @@ import torch
 from fvlm import accounting
 from fvlm.config import Config, config_hash, tier_values
 
-CUDA_CONTEXT_MB = 600.0  # ASSUMPTION: CUDA context + cuBLAS workspace per process, outside the caching allocator
+CUDA_CONTEXT_MB = (
+    600.0  # ASSUMPTION: CUDA context + cuBLAS workspace per process, outside the caching allocator
+)
 WORKER_RAM_MB = 600.0  # measured: a Ray worker with torch + transformers imported (~555 MB)
 MAX_TRIALS_PER_GPU = 8
 
@@ -65,11 +67,15 @@ class Plan:
     def describe(self) -> str:
         if self.mode == "cpu":
             t = self.cells[0].threads if self.cells else 1
-            return (f"CPU packing: {self.concurrency} trial(s) at a time on {self.cores} core(s), {t} torch "
-                    f"thread(s) each; " + "; ".join(self.notes))
+            return (
+                f"CPU packing: {self.concurrency} trial(s) at a time on {self.cores} core(s), {t} torch "
+                f"thread(s) each; " + "; ".join(self.notes)
+            )
         per = sorted({round(1 / c.gpu_fraction) for c in self.cells})
-        lines = [f"GPU packing: {self.gpus} GPU(s) of {self.card_mb:.0f} MiB, {self.cores} CPU cores; "
-                 f"{'/'.join(map(str, per))} trial(s) share a GPU; at most {self.concurrency} at a time"]
+        lines = [
+            f"GPU packing: {self.gpus} GPU(s) of {self.card_mb:.0f} MiB, {self.cores} CPU cores; "
+            f"{'/'.join(map(str, per))} trial(s) share a GPU; at most {self.concurrency} at a time"
+        ]
         lines += [f"  {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -98,7 +104,9 @@ def _pretrained_vocab(llm_path: str) -> int | None:
 
 def _model_key(cfg: Config) -> str:
     """Hash of what decides the model's size (the training length and seed do not)."""
-    probe = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, budget_flops=0.0, steps=1, samples=0, seed=0))
+    probe = dataclasses.replace(
+        cfg, train=dataclasses.replace(cfg.train, budget_flops=0.0, steps=1, samples=0, seed=0)
+    )
     return config_hash(probe)
 
 
@@ -123,10 +131,16 @@ def _count_params(cfg: Config) -> tuple[int, int, str]:
     llm_vocab = vocab
     if cfg.model.llm_path:
         llm_vocab = _pretrained_vocab(cfg.model.llm_path) or vocab
-        note = "" if llm_vocab != vocab else f" (vocab of {cfg.model.llm_path} unknown offline; assumed {vocab})"
+        note = (
+            "" if llm_vocab != vocab else f" (vocab of {cfg.model.llm_path} unknown offline; assumed {vocab})"
+        )
     m = dataclasses.replace(cfg.model, llm_path="", dino_path="", vae_path="", visual_scale=1.0)
     tok = world.tokenizer
-    special = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
+    special = {
+        "bos_token_id": tok.bos_token_id,
+        "eos_token_id": tok.eos_token_id,
+        "pad_token_id": tok.pad_token_id,
+    }
     try:  # meta device: no memory, no init time
         with torch.device("meta"):
             model = FoveatedVLM(m, cfg.world, llm_vocab, special)
@@ -209,9 +223,18 @@ def _fit_micro_batch(cfg: Config, card_mb: float, headroom: float, measure) -> t
             mb -= 1
 
 
-def plan_resources(cfgs: list[Config], *, cores: int, gpus: int = 0, card_mb: float = 0.0, headroom: float = 1.2,
-                   probe: bool = False, max_per_gpu: int = MAX_TRIALS_PER_GPU, ram_mb: float | None = None,
-                   threads: int = 0) -> Plan:
+def plan_resources(
+    cfgs: list[Config],
+    *,
+    cores: int,
+    gpus: int = 0,
+    card_mb: float = 0.0,
+    headroom: float = 1.2,
+    probe: bool = False,
+    max_per_gpu: int = MAX_TRIALS_PER_GPU,
+    ram_mb: float | None = None,
+    threads: int = 0,
+) -> Plan:
     """Resources of every cell (same order as `cfgs`) and the concurrency; raises CellTooLarge before launch.
 
     `probe=True` measures each distinct model on the GPU (needs CUDA in a Ray cluster); otherwise memory is
@@ -248,7 +271,8 @@ def plan_resources(cfgs: list[Config], *, cores: int, gpus: int = 0, card_mb: fl
             raise CellTooLarge(
                 f"tier {tier} needs {need:.0f} MiB at micro_batch 1 ({mem:.0f} MiB {'probed' if probe else 'estimated'}"
                 f" x headroom {headroom} + {CUDA_CONTEXT_MB:.0f} MiB CUDA context) but the card has {card_mb:.0f} MiB;"
-                " drop the tier, use fewer frames, or freeze a backbone")
+                " drop the tier, use fewer frames, or freeze a backbone"
+            )
         # each trial also needs CPU to feed it: at least half a core per trial
         k = min(trials_per_gpu(need, card_mb, max_per_gpu), _pow2_floor(2 * cores // gpus))
         frac = 1.0 / k
@@ -257,11 +281,15 @@ def plan_resources(cfgs: list[Config], *, cores: int, gpus: int = 0, card_mb: fl
         threads_ = max(1, int(cpus))
         cells.append(CellResources(cpus, frac, threads_, mem, "probe" if probe else "analytic", mb, cap))
         if mb != cfg.train.micro_batch:
-            notes.append(f"tier {tier}: micro_batch {cfg.train.micro_batch} -> {mb} to fit (grad_accum "
-                         f"x{cfg.train.micro_batch // mb}, same samples)")
+            notes.append(
+                f"tier {tier}: micro_batch {cfg.train.micro_batch} -> {mb} to fit (grad_accum "
+                f"x{cfg.train.micro_batch // mb}, same samples)"
+            )
         per_gpu_counts[k] = per_gpu_counts.get(k, 0) + 1
-        why = (f"tier {tier}: {mem:.0f} MiB x {headroom} + {CUDA_CONTEXT_MB:.0f} context = {need:.0f} MiB "
-               f"-> {k} per {card_mb:.0f} MiB card (gpu {frac:g}, memory cap {cap:.3f})")
+        why = (
+            f"tier {tier}: {mem:.0f} MiB x {headroom} + {CUDA_CONTEXT_MB:.0f} context = {need:.0f} MiB "
+            f"-> {k} per {card_mb:.0f} MiB card (gpu {frac:g}, memory cap {cap:.3f})"
+        )
         if why not in notes:
             notes.append(why)
     concurrency = max(1, int(gpus * max(per_gpu_counts)))
@@ -278,12 +306,18 @@ def _plan_cpu(cfgs: list[Config], cores: int, ram_mb: float, threads: int) -> Pl
     concurrency = max(1, min(cores // threads, n))
     mems = [analytic_memory_mb(c)[0] for c in cfgs] or [0.0]
     by_ram = max(1, int(0.8 * ram_mb // (WORKER_RAM_MB + max(mems))))
-    notes = [f"{threads} thread(s) x {concurrency} trial(s) (1 thread per trial beats 2 per trial on small cells)"]
+    notes = [
+        f"{threads} thread(s) x {concurrency} trial(s) (1 thread per trial beats 2 per trial on small cells)"
+    ]
     if by_ram < concurrency:
-        notes.append(f"RAM limits concurrency to {by_ram} ({max(mems):.0f} MiB per trial + {WORKER_RAM_MB:.0f} worker)")
+        notes.append(
+            f"RAM limits concurrency to {by_ram} ({max(mems):.0f} MiB per trial + {WORKER_RAM_MB:.0f} worker)"
+        )
         concurrency = by_ram
-    cells = [CellResources(float(threads), 0.0, threads, m, "analytic", c.train.micro_batch, 0.0)
-             for c, m in zip(cfgs, mems, strict=False)]
+    cells = [
+        CellResources(float(threads), 0.0, threads, m, "analytic", c.train.micro_batch, 0.0)
+        for c, m in zip(cfgs, mems, strict=False)
+    ]
     return Plan("cpu", cores, 0, 0.0, concurrency, cells, notes)
 
 

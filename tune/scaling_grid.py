@@ -30,11 +30,20 @@ from tune import experiment as ex  # noqa: E402
 
 def build_parser():
     p = ex.make_parser(__doc__, "grid")
-    p.add_argument("--schedule", choices=("constant", "wsd"), default=None,
-                   help="LR schedule of every cell (default: grid.yaml); cosine invalidates intermediate evals")
-    p.add_argument("--mix-schedules", action="store_true",
-                   help="allow a schedule different from the one already in this experiment's store")
-    p.add_argument("--lr-from", default=None, help="best_lr.json of an lr sweep (default: <storage>/lr-<preset>/)")
+    p.add_argument(
+        "--schedule",
+        choices=("constant", "wsd"),
+        default=None,
+        help="LR schedule of every cell (default: grid.yaml); cosine invalidates intermediate evals",
+    )
+    p.add_argument(
+        "--mix-schedules",
+        action="store_true",
+        help="allow a schedule different from the one already in this experiment's store",
+    )
+    p.add_argument(
+        "--lr-from", default=None, help="best_lr.json of an lr sweep (default: <storage>/lr-<preset>/)"
+    )
     p.add_argument("--tiers", default=None, help="comma list overriding grid.yaml tiers, e.g. 1,2,3")
     p.add_argument("--budgets", default=None, help="comma list overriding grid.yaml budgets, e.g. 1e11,4e11")
     return p
@@ -72,17 +81,24 @@ def grid_cells(ctx: ex.Context) -> tuple[list[ex.Cell], list[str]]:
     tiers = _parse_list(args.tiers, _tier, "tiers") or sec["tiers"]
     budgets = _parse_list(args.budgets, float, "budgets") or [float(b) for b in sec["budgets"]]
     seeds = list(range(args.seeds)) if args.seeds else sec.get("seeds", [0])
-    schedule = args.schedule or sec.get("schedule", "constant")
-    if schedule == "cosine" or ctx.sets.get("train.schedule") == "cosine":
-        raise ex.UsageError("a scaling grid needs train.schedule constant or wsd: cosine makes intermediate evals "
-                            "invalid scaling points")
+    schedule = ctx.sets.get("train.schedule") or args.schedule or sec.get("schedule", "constant")
+    if schedule not in ("constant", "wsd"):
+        raise ex.UsageError(
+            "a scaling grid needs train.schedule constant or wsd: cosine makes intermediate evals "
+            "invalid scaling points"
+        )
     lrs, lr_file = lr_table(ctx, args.lr_from)
     cells, notes = [], []
     for tier in tiers:
         for budget in budgets:
             for seed in seeds:
-                over = {**sec.get("overrides", {}), **ex.tier_override(tier), "train.budget_flops": budget,
-                        "train.seed": seed, "train.schedule": schedule}
+                over = {
+                    **sec.get("overrides", {}),
+                    **ex.tier_override(tier),
+                    "train.budget_flops": budget,
+                    "train.seed": seed,
+                    "train.schedule": schedule,
+                }
                 tier_name = f"s{tier}" if isinstance(tier, int) else str(tier)
                 meta = {"arm": tier_name, "lr_source": "dial: 1/sqrt(width) transfer (configs/tiers.yaml)"}
                 if tier_name in lrs:
@@ -91,8 +107,10 @@ def grid_cells(ctx: ex.Context) -> tuple[list[ex.Cell], list[str]]:
                 name = f"{tier_name}_b{budget:.2g}_seed{seed}".replace("+", "")
                 cell = ctx.make_cell(name, over, meta)
                 if cell.steps < int(sec.get("min_steps", 1)):
-                    notes.append(f"dropped {name}: {cell.steps} steps < min_steps {sec.get('min_steps')} "
-                                 f"(budget too small for this tier)")
+                    notes.append(
+                        f"dropped {name}: {cell.steps} steps < min_steps {sec.get('min_steps')} "
+                        f"(budget too small for this tier)"
+                    )
                     continue
                 cells.append(cell)
     if lr_file:
@@ -110,8 +128,10 @@ def check_schedules(ctx: ex.Context, schedule: str) -> None:
     _, runs = load_store(ctx.exp_dir, refresh=True)
     have = set(runs["lr_schedule"].dropna().astype(str)) if "lr_schedule" in runs else set()
     if have - {schedule}:
-        raise ex.UsageError(f"{ctx.exp_dir} already holds {', '.join(sorted(have))} runs; this grid uses "
-                            f"{schedule}: pass --mix-schedules to mix them, or --name for a new experiment")
+        raise ex.UsageError(
+            f"{ctx.exp_dir} already holds {', '.join(sorted(have))} runs; this grid uses "
+            f"{schedule}: pass --mix-schedules to mix them, or --name for a new experiment"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

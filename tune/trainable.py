@@ -11,9 +11,8 @@ directory is a Ray temp folder, not the driver's.
 
 Every row the loop reports goes to Tune with the loop's checkpoint directory (``state.pt``) plus the keys the
 store needs (experiment, kind, arm, budget_flops) and where the LR came from. ``tune.get_checkpoint()``
-resumes the loop exactly (data position, RNG, optimizer, schedule). A checkpoint whose row is final (the
-trial had finished when the driver died) ends the trial at once: its final row is already recorded,
-because Tune registers a checkpoint together with its result. The OOM ladder runs inside the loop; its
+resumes the loop exactly (data position, RNG, optimizer, schedule). On resume, rows already in the
+experiment's storage are neither reported again nor, when one is final, retrained (see stored_rows). The OOM ladder runs inside the loop; its
 rungs are in every row (micro_batch, grad_accum, oom_retries, ladder).
 """
 
@@ -79,15 +78,20 @@ def fvlm_trainable(config: dict) -> None:
         "trial_started_at": time.time(),
     }
     work = Path(tempfile.mkdtemp(prefix="fvlm-trial-"))
-    trial_dir = Path(tune.get_context().get_trial_dir())
-    log_file = open(trial_dir / "train.log", "a")  # noqa: SIM115 - closed in finally
+    log_file = open(trial_log_path(meta, tune.get_context().get_trial_id()), "a")  # noqa: SIM115 - closed below
 
     def log(line: str) -> None:
         log_file.write(line + "\n")
         log_file.flush()
 
+    checkpoint = tune.get_checkpoint()
+    stored = stored_rows(meta.get("exp_dir"), tune.get_context().get_trial_id())  # [] for a fresh trial
+    stored_upto = max((r.get("step", -1) for r in stored), default=-1)
+
     def report(row: dict, checkpoint_path: Path | None) -> None:
         out = {**row, **extras}
+        if row["step"] <= stored_upto and row["status"] == "running":
+            return  # recorded before the driver died (see stored_rows): reporting it again would duplicate it
         if checkpoint_path is None:
             tune.report(out)
             return
@@ -95,7 +99,9 @@ def fvlm_trainable(config: dict) -> None:
         tune.report(out, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_path)))
 
     try:
-        checkpoint = tune.get_checkpoint()
+        if any(r.get("status") in FINAL_STATUSES for r in stored):
+            log("the stored rows end with a final row: nothing left to do")
+            return
         if checkpoint is None:
             train(cfg, report, checkpoint_dir=work / "checkpoints", log=log)
             return
@@ -112,6 +118,39 @@ def fvlm_trainable(config: dict) -> None:
         shutil.rmtree(work, ignore_errors=True)
         if device.type == "cuda":
             torch.cuda.empty_cache()  # a reused actor keeps the allocator's cache (ray issue 32698)
+
+
+def trial_log_path(meta: dict, trial_id: str) -> Path:
+    """<experiment>/<cell>_<trial_id>/train.log in storage, written directly: a reused actor's
+    tune.get_context().get_trial_dir() is a working dir that Tune does not copy to storage (measured), and a
+    resumed trial appends to the same file. Falls back to a temp file without meta.exp_dir."""
+    if not meta.get("exp_dir"):
+        return Path(tempfile.gettempdir()) / f"fvlm-{trial_id}.log"
+    # the folder name is tune.experiment.trial_dirname's
+    trial_dir = Path(meta["exp_dir"]) / f"{meta.get('cell', 'trial')}_{trial_id}"
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    return trial_dir / "train.log"
+
+
+def stored_rows(exp_dir: str | None, trial_id: str) -> list[dict]:
+    """Rows of this trial already in the experiment's storage (result.json), read on resume.
+
+    Tune saves the experiment state (with each trial's latest checkpoint) and then copies the driver's files,
+    result.json included, to storage in a background thread, so after a SIGKILL the stored rows can be ahead
+    of the checkpoint Tune restores: a trial can even be recorded complete yet resume from an earlier
+    checkpoint (seen in one of the first SIGKILL test runs). Those rows are not reported again, and a trial
+    whose stored rows end with a final row is not retrained.
+    """
+    if not exp_dir:
+        return []
+    rows = []
+    for path in Path(exp_dir).glob(f"*_{trial_id}/result.json"):
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass  # a half-copied last line
+    return rows
 
 
 def register() -> str:
