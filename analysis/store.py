@@ -11,8 +11,9 @@ of result.json (a crash mid-write) is skipped and counted in `bad_lines`. Writes
 os.replace) and idempotent: the tables are a pure function of the trial files.
 
 A trial's status is its last row's `status` when that is final (complete, diverged, oom, failed); a trial
-whose last row is still `running` but which left an error file is `failed` with the error text; otherwise
-it is `running`.
+whose last row is still `running` but which left an error file is `failed` with the error text; one that
+Tune's experiment state marks TERMINATED without a final row was stopped early by a scheduler (ASHA) and is
+`stopped`; otherwise it is `running`.
 """
 
 from __future__ import annotations
@@ -241,15 +242,40 @@ def _trial_keys(trial: dict, experiment: str) -> dict:
     return keys
 
 
+def tune_trial_states(experiment_dir: Path) -> dict[str, str]:
+    """trial_id -> Tune's own status (TERMINATED, ERROR, ...) from the newest experiment_state-*.json.
+
+    Needed for trials a scheduler (ASHA) stopped early: they end without a final row of their own."""
+    states = sorted(Path(experiment_dir).glob("experiment_state-*.json"))
+    if not states:
+        return {}
+    try:
+        data = json.loads(states[-1].read_text())
+        out = {}
+        for entry in data.get("trial_data", []):
+            trial = json.loads(entry[0]) if isinstance(entry[0], str) else entry[0]
+            out[str(trial.get("trial_id"))] = str(trial.get("status"))
+        return out
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return {}  # a state file Ray was writing when we read it: no extra information
+
+
 def build_frames(experiment_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(evals, runs) from the trial directories of a Tune experiment."""
     experiment_dir = Path(experiment_dir)
     trials = [read_trial(d) for d in find_trial_dirs(experiment_dir)]
+    tune_states = tune_trial_states(experiment_dir)
     records, meta = [], {}
     for t in trials:
         keys = _trial_keys(t, experiment_dir.name)
         cfg = {f"config.{k}": _scalar(v) for k, v in t["config"].items()}
-        meta[t["trial_id"]] = {"keys": keys, "config": cfg, "error": t["error"], "bad_lines": t["bad_lines"]}
+        meta[t["trial_id"]] = {
+            "keys": keys,
+            "config": cfg,
+            "error": t["error"],
+            "bad_lines": t["bad_lines"],
+            "tune_status": tune_states.get(str(t["trial_id"])),
+        }
         for i, r in enumerate(t["rows"]):
             rec = {k: _scalar(v) for k, v in r.items() if k != "config"}
             rec.update({k: v for k, v in keys.items() if rec.get(k) is None})
@@ -317,7 +343,10 @@ def runs_from_evals(evals: pd.DataFrame, meta: dict | None = None) -> pd.DataFra
         if isinstance(row_error, float) and math.isnan(row_error):
             row_error = None
         if status not in FINAL_STATUSES:
-            status = "failed" if error else "running"
+            # no final row: an error file means failed; Tune's TERMINATED means a scheduler stopped it early
+            status = (
+                "failed" if error else "stopped" if info.get("tune_status") == "TERMINATED" else "running"
+            )
         row["status"] = status
         row["error"] = row_error or (error if status != "complete" else None)
         for m in FINAL_METRICS:

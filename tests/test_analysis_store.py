@@ -383,3 +383,19 @@ def test_fit_laws_store_without_runs_exits_2(tmp_path, capsys):
     rc, out, err = _run_main(["--store", str(exp)], capsys)
     assert rc == 2 and len(err.strip().splitlines()) == 1
     assert not (exp / "analysis").exists() and not (exp / "store").exists()
+
+
+def test_trials_a_scheduler_stopped_early_are_stopped_not_running(experiment):
+    # ASHA stops a trial without a final row; only Tune's experiment state knows it ended. Written the way
+    # Ray 2.60 writes it: trial_data = [[json of the trial, json of its runtime], ...].
+    state = {
+        "trial_data": [[json.dumps({"trial_id": "run0", "status": "TERMINATED"}), "{}"]],
+        "runner_data": {},
+    }
+    (experiment / "experiment_state-2026-11-26_00-00-00.json").write_text(json.dumps(state))
+    runs = pd.read_parquet(write_store(experiment) / "runs.parquet").set_index("trial_id")
+    assert runs.loc["run0", "status"] == "stopped"
+    assert (
+        runs.loc["train_fvlm_pend0", "status"] == "running"
+    )  # not in the state file: unknown, still running
+    assert runs.loc["div0", "status"] == "diverged"  # a final row wins over Tune's view
