@@ -115,7 +115,9 @@ def verdicts(ctx: ex.Context, param: str, entry: dict) -> list:
     metric = f"final_{entry.get('metric', 'val_loss')}"
     runs = runs[runs["arm"].notna()]
     base = ex.fmt_value(_baseline_value(ctx, entry["key"]))
-    context = ", ".join(f"{k}={ex.fmt_value(x)}" for k, x in entry.get("context", {}).items())
+    # what every arm shared: the entry's context and the command's --set overrides (the row must say it)
+    shared = {**entry.get("context", {}), **ctx.sets}
+    context = ", ".join(f"{k}={ex.fmt_value(x)}" for k, x in shared.items())
     out = []
     for arm in sorted(set(runs["arm"].astype(str)) - {"baseline"}):
         pair = runs[runs["arm"].astype(str).isin(["baseline", arm])]
