@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from analysis.store import METRICS, RUN_CONSTANTS
 from fvlm.config import ConfigError, load_config
 from fvlm.encoder import FoveatedEncoder
 from fvlm.model import FoveatedVLM
@@ -26,36 +27,8 @@ SMALL = {
 }
 # evaluations at steps 0, 2, 4, 6. One thread: bitwise comparisons need the same reduction order in every run
 # (and threads only add overhead at these sizes on a shared 2-core machine).
-CONTRACT = (
-    "step",
-    "samples_seen",
-    "flops_seen",
-    "wall_s",
-    "train_loss",
-    "val_loss",
-    "val_loss_fine",
-    "val_loss_coarse",
-    "loss_ratio",
-    "attn_entropy_coarse",
-    "attn_entropy_fine",
-    "attn_on_target_coarse",
-    "attn_on_target_fine",
-    "lr",
-    "grad_norm",
-    "samples_per_s",
-    "peak_mem_mb",
-    "mfu",
-    "micro_batch",
-    "grad_accum",
-    "oom_retries",
-    "status",
-    "params_n",
-    "params_convention",
-    "flops_per_sample",
-    "tier",
-    "seed",
-    "config_hash",
-)
+# the consumer's contract (design section 6): every row the loop reports must satisfy the result store
+CONTRACT = (*METRICS, *RUN_CONSTANTS)
 # everything in a row that does not measure the machine (time, memory, throughput)
 TIMING = {"wall_s", "samples_per_s", "peak_mem_mb", "mfu"}
 
