@@ -367,13 +367,10 @@ class FoveatedVLM(nn.Module):
             if it < self.cfg.fine_iters - 1:
                 queries = self.llm_to_query(self._hidden(v_fine))
         h_fine = self._hidden(torch.cat([v_fine, text], dim=1))
-        fine_logits = None
-        out.loss_fine = score(h_fine, "fine")
-        fine_logits = out.logits
+        out.loss_fine = score(h_fine, "fine")  # scored last, so out.logits are the fine read's
         out.loss = out.loss_fine
         if self.cfg.lambda_coarse > 0:
             out.loss = out.loss + self.cfg.lambda_coarse * out.loss_coarse
-        out.logits = fine_logits
         self._stats(out, boxes, {"coarse": cache.grid, "fine": fine_cache.grid})
         return out
 
