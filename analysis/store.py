@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fvlm.config import flatten  # the dotted-key flattening configs use (no torch import)
+
 KEY_COLUMNS = [
     "experiment",
     "kind",
@@ -100,17 +102,6 @@ class DataError(ValueError):
 # reading trial directories
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 def read_result_lines(path: Path) -> tuple[list[dict], int]:
     """Rows of a result.json (JSON lines); returns (rows, number of unparsable lines skipped)."""
     rows, bad = [], 0
@@ -169,14 +160,14 @@ def read_trial(trial_dir: Path) -> dict:
     pj = trial_dir / "params.json"
     if pj.exists():
         try:
-            config = _flatten(json.loads(pj.read_text(encoding="utf-8")))
+            config = flatten(json.loads(pj.read_text(encoding="utf-8")))
         except json.JSONDecodeError:
             config = {}
     rows, bad = read_result_lines(trial_dir / "result.json")
     if not config:
         for r in rows:
             if isinstance(r.get("config"), dict):
-                config = _flatten(r["config"])
+                config = flatten(r["config"])
                 break
     trial_id = next((str(r["trial_id"]) for r in rows if r.get("trial_id") not in (None, "")), None)
     return {

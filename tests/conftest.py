@@ -27,3 +27,15 @@ def ray_cluster():
     )
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: tiny tensors gain nothing from threads on a shared 2-core machine, and bitwise
+    comparisons need the same reduction order in every run."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -10,13 +10,7 @@ from fvlm import accounting
 from fvlm.config import load_config
 from fvlm.train import build
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cfg_of(**overrides):

@@ -13,13 +13,7 @@ from fvlm.encoder import attention_entropy
 from fvlm.model import FoveatedVLM
 from fvlm.train import build, make_optimizer, unwrap_state_dict
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: threads only add overhead on a shared 2-core machine
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(**overrides) -> Config:
