@@ -3,8 +3,9 @@
 Usage:
     python analysis/fit_laws.py                           # the newest experiment under ./runs
     python analysis/fit_laws.py --store runs/grid-cpu     # an experiment dir, store dir or parquet file
-    python analysis/fit_laws.py --csv ../shared/data/chinchilla/svg_extracted_data.csv \
+    python analysis/fit_laws.py --csv svg_extracted_data.csv \
         --n-col "Model Size" --c-col "Training FLOP" --loss-col loss --exclude-top-loss 5
+    (Chinchilla's Fig. 4 as digitised in Epoch AI's analyzing-chinchilla repository, Besiroglu et al. 2024)
     (also: python -m analysis.fit_laws ...)
 
 Writes fits.json, the PNGs and REPORT.md to <experiment>/analysis/ (or --out DIR; for --csv the default is
@@ -12,6 +13,10 @@ runs/_external/<csv name>/) and prints that path last. Store input: N = params_n
 (samples, not tokens), C = flops_seen; approach 2 per budget_flops on the final rows; per-tier data curves
 from the intermediate evals of one run per tier. Bad input (missing file or column, NaN, non-positive
 N/D/loss, too few rows) exits 2 with one line naming the problem, and nothing is written.
+
+Headlines (stdout, the REPORT.md TL;DR, fits.json) state a derived number (a, b, N*, D*, D*/N*) only when the
+parameters it depends on are identified; otherwise "not identified (why)" and null with a *_note in fits.json
+(analysis/diagnostics.py, analysis/isoflop.py).
 """
 
 from __future__ import annotations
@@ -36,7 +41,8 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from analysis import evalcheck, laws, plots, report  # noqa: E402
+from analysis import evalcheck, isoflop, laws, plots, report  # noqa: E402
+from analysis.fitter import FitError  # noqa: E402
 from analysis.store import (  # noqa: E402
     DataError,
     build_frames,
@@ -88,6 +94,16 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="store: final rows only, or all evals (auto: all when every run uses a constant LR)",
     )
+    fit.add_argument(
+        "--generation",
+        default="latest",
+        help="store: which generation (base config + --set) to fit: latest (default), all, or a hash",
+    )
+    fit.add_argument(
+        "--include-warmup",
+        action="store_true",
+        help="store: keep evals inside LR warmup (excluded by default: not scaling points)",
+    )
     out = p.add_argument_group("output")
     out.add_argument("--out", help="output directory")
     out.add_argument("--usd-per-gpu-hour", type=float, default=report.DEFAULT_USD_PER_GPU_HOUR)
@@ -110,8 +126,49 @@ def _schedule(df: pd.DataFrame) -> pd.Series:
     return pd.Series([None] * len(df), index=df.index, dtype=object)
 
 
-def points_from_store(evals: pd.DataFrame, runs: pd.DataFrame, mode: str = "auto"):
-    """(points, finals, per-tier curves {tier: (trial_id, D, loss, schedules)}, info, warnings)."""
+def select_generation(runs: pd.DataFrame, wanted: str = "latest") -> tuple[pd.DataFrame, dict, list[str]]:
+    """Runs of one generation (the base config + --set of the command that made them; tune/flags.py).
+
+    An experiment folder can hold runs of several generations (e.g. the same ablation under another --set):
+    pooling them in one fit mixes experiments. `wanted`: "latest" (default; the generation whose newest
+    trial started last), "all" (pool, with a warning), or a generation hash."""
+    if "generation" not in runs.columns:
+        return runs, {}, []
+    gen = runs["generation"].astype(object).where(runs["generation"].notna(), "unknown").astype(str)
+    gen = gen.where(gen != "", "unknown")
+    names = sorted(set(gen))
+    info = {"generations": names}
+    if wanted == "all":
+        warns = [f"{len(names)} generations pooled in one fit: {', '.join(names)}"] if len(names) > 1 else []
+        return runs, {**info, "generation": "all"}, warns
+    if wanted == "latest":
+        if len(names) == 1:
+            return runs, {**info, "generation": names[0]}, []
+        started = pd.to_numeric(
+            runs.get("trial_started_at", pd.Series(0.0, index=runs.index)), errors="coerce"
+        )
+        pick = gen[started.fillna(-1.0).idxmax()]
+        warns = [
+            f"the store holds {len(names)} generations (base config + --set): {', '.join(names)}; using the "
+            f"newest, {pick} ({int((gen == pick).sum())} runs); --generation all pools them, --generation G "
+            "picks one"
+        ]
+        return runs[gen == pick], {**info, "generation": pick}, warns
+    if wanted not in names:
+        raise DataError(f"--generation {wanted}: not in the store; it holds {', '.join(names)} (or use all)")
+    return runs[gen == wanted], {**info, "generation": wanted}, []
+
+
+def points_from_store(
+    evals: pd.DataFrame,
+    runs: pd.DataFrame,
+    mode: str = "auto",
+    include_warmup: bool = False,
+):
+    """(points, finals, per-tier curves {tier: (trial_id, D, loss, schedules)}, info, warnings).
+
+    Evals inside LR warmup (`in_warmup`: the untrained step-0 eval and evals before the LR reached its peak)
+    are not scaling points: they are left out unless include_warmup, and their number is stated."""
     warnings = []
     if runs is None or not len(runs):
         raise DataError("the store has no runs")
@@ -132,6 +189,16 @@ def points_from_store(evals: pd.DataFrame, runs: pd.DataFrame, mode: str = "auto
     if "kind" in e.columns and (e["kind"] == "grid").any() and e["kind"].nunique() > 1:
         e = e[e["kind"] == "grid"]
         warnings.append("points from the scaling-grid runs only (kind == grid)")
+    n_warmup = 0
+    if "in_warmup" in e.columns and not include_warmup:
+        warm = e["in_warmup"].astype(object).where(e["in_warmup"].notna(), False).astype(bool)
+        n_warmup = int(warm.sum())
+        e = e[~warm]
+        if n_warmup:
+            warnings.append(
+                f"{n_warmup} eval(s) inside LR warmup (the untrained step-0 eval included) excluded from the "
+                "fits (--include-warmup keeps them)"
+            )
     pts = pd.DataFrame(
         {
             "N": _num(e, "params_n"),
@@ -178,7 +245,8 @@ def points_from_store(evals: pd.DataFrame, runs: pd.DataFrame, mode: str = "auto
     info = {
         "D_definition": SAMPLES_LABEL,
         "kappa": kappa,
-        "points_mode": f"{mode} ({'final eval of each run' if mode == 'final' else 'every eval with samples_seen > 0'})",
+        "points_mode": f"{mode} ({'final eval of each run' if mode == 'final' else 'every eval after warmup'})",
+        "excluded_warmup": n_warmup,
     }
     return points.drop(columns=["order"]), finals.drop(columns=["order"]), curves, info, warnings
 
@@ -211,16 +279,18 @@ def run_fits(a: report.Analysis, finals: pd.DataFrame, curves: dict, args) -> re
             at_compute=at_c,
         )
         par_json = a.parametric.to_json(at_compute=at_c)
-    except laws.FitError as e:
+    except FitError as e:
         par_json = dict.fromkeys(("E", "A", "B", "alpha", "beta", "objective", "a_opt", "b_opt"))
         par_json.update(n_points=len(pts), ci95={}, identified={}, warnings=[f"no parametric fit: {e}"])
+        note = f"not identified: no parametric fit ({e})"
+        par_json.update(a_opt_note=note, b_opt_note=note)
     a.timings["parametric fit + bootstrap"] = time.perf_counter() - t0
     fits = {"source": a.source, "settings": a.settings, "parametric": par_json}
     if "budget" in finals.columns and finals["budget"].notna().any():
         t0 = time.perf_counter()
         f = finals[finals["budget"].notna()]
         try:
-            a.isoflop = laws.fit_isoflop(
+            a.isoflop = isoflop.fit_isoflop(
                 f["N"],
                 f["D"],
                 f["loss"],
@@ -231,10 +301,12 @@ def run_fits(a: report.Analysis, finals: pd.DataFrame, curves: dict, args) -> re
                 schedules=col(f, "schedule"),
             )
             fits["isoflop"] = a.isoflop.to_json()
-        except laws.FitError as e:
+        except FitError as e:
             fits["isoflop"] = {
                 "a": None,
+                "a_note": f"not identified: no IsoFLOP fit ({e})",
                 "b": None,
+                "b_note": f"not identified: no IsoFLOP fit ({e})",
                 "ci95": {},
                 "n_budgets": 0,
                 "warnings": [f"no IsoFLOP fit: {e}"],
@@ -260,7 +332,7 @@ def run_fits(a: report.Analysis, finals: pd.DataFrame, curves: dict, args) -> re
                     k: j[k] for k in ("E", "B", "beta", "ci95", "identified", "n_points", "objective")
                 }
                 per[tier].update(trial_id=tid, warnings=j["warnings"])
-            except laws.FitError as e:
+            except FitError as e:
                 fit = None
                 info["warnings"] = [f"no data curve: {e}"]
                 per[tier] = {
@@ -330,6 +402,8 @@ def _settings(args) -> dict:
         "seed": args.seed,
         "exclude_top_loss": args.exclude_top_loss,
         "points": args.points,
+        "generation": getattr(args, "generation", None),
+        "include_warmup": getattr(args, "include_warmup", False),
     }
 
 
@@ -371,7 +445,14 @@ def analyse_store(args) -> tuple[report.Analysis, Path, Path | None]:
         evals, runs = build_frames(path)  # in memory; the store is written with the outputs
     else:
         evals, runs = load_store(path)
-    points, finals, curves, info, warnings = points_from_store(evals, runs, args.points)
+    runs, gen_info, warnings = select_generation(runs, args.generation)
+    if len(evals) and "trial_id" in evals.columns:
+        evals = evals[evals["trial_id"].astype(str).isin(set(runs["trial_id"].astype(str)))]
+    points, finals, curves, info, more = points_from_store(
+        evals, runs, args.points, include_warmup=args.include_warmup
+    )
+    info.update(gen_info)
+    warnings += more
     if path.is_file():
         base = path.parent.parent if path.parent.name == "store" else path.parent
     else:
@@ -400,6 +481,11 @@ def analyse_store(args) -> tuple[report.Analysis, Path, Path | None]:
     return a, out, experiment_dir
 
 
+def _headline(name: str, d) -> str:
+    """'a=0.514 [0.49, 0.54]' or 'a not identified (alpha is not identified)'."""
+    return f"{name} {d.text()}" if d.suppressed else f"{name}={d.text()}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -410,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
             experiment_dir = None
         else:
             a, out, experiment_dir = analyse_store(args)
-    except (DataError, laws.FitError) as e:
+    except (DataError, FitError) as e:
         print(f"fit_laws: error: {e}", file=sys.stderr)
         return 2
     if experiment_dir is not None:
@@ -418,9 +504,11 @@ def main(argv: list[str] | None = None) -> int:
     write_outputs(a, out, args)
     f = a.parametric
     if f is not None:
-        print(f"approach 3: {f.summary()}; a={f.a_opt:.3f}, b={f.b_opt:.3f}; objective {f.objective:.10f}")
+        alloc = ", ".join(_headline(n, f.derived(k)) for n, k in (("a", "a_opt"), ("b", "b_opt")))
+        print(f"approach 3: {f.summary()}; {alloc}; objective {f.objective:.10f}")
     if a.isoflop is not None and a.isoflop.a is not None:
-        print(f"approach 2: a={a.isoflop.a:.3f}, b={a.isoflop.b:.3f} over {a.isoflop.n_budgets} budgets")
+        alloc = ", ".join(_headline(n, a.isoflop.derived(n)) for n in ("a", "b"))
+        print(f"approach 2: {alloc} over {a.isoflop.n_budgets} budgets")
     print(
         f"{a.source.get('D_definition')}; {len(a.warnings)} warning(s); "
         + ", ".join(f"{k} {v:.1f}s" for k, v in a.timings.items())

@@ -24,7 +24,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.laws import IsoFlopFit, LawFit
+from analysis.diagnostics import HESSIAN_COND_THRESHOLD, format_ci
+from analysis.isoflop import IsoFlopFit
+from analysis.laws import LawFit
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # assumption: what one rented RTX 4090 costs per hour (community clouds ask roughly $0.3-0.7)
@@ -33,6 +35,7 @@ TABLE_METRICS = [
     "final_val_loss",
     "final_val_loss_fine",
     "final_val_loss_coarse",
+    "final_val_loss_coarse_untrained",
     "final_loss_ratio",
     "final_attn_entropy_coarse",
     "final_attn_entropy_fine",
@@ -161,8 +164,9 @@ def _n(x, fmt="{:.4g}") -> str:
         return str(x)
 
 
-def _ci(ci) -> str:
-    return f"[{_n(ci[0])}, {_n(ci[1])}]" if ci else "n/a"
+def _ci(ci, est=None) -> str:
+    """'[lo, hi]'; 'n/a' without a CI, with a NaN bound, or when the estimate it surrounds is NaN."""
+    return format_ci(ci, est)
 
 
 def _config_section(a: Analysis) -> list[str]:
@@ -171,10 +175,21 @@ def _config_section(a: Analysis) -> list[str]:
         f"- source: {a.source.get('kind')} `{a.source.get('path')}`",
         f"- D: {a.source.get('D_definition', 'n/a')}; compute C = kappa N D with kappa = {_n(a.source.get('kappa'))}",
         f"- points: {len(a.points)} used ({a.source.get('points_mode', 'all rows')})"
-        + (f"; excluded rows: {a.source['excluded']}" if a.source.get("excluded") else ""),
+        + (f"; excluded rows: {a.source['excluded']}" if a.source.get("excluded") else "")
+        + (
+            f"; {a.source['excluded_warmup']} eval(s) inside LR warmup excluded (not scaling points)"
+            if a.source.get("excluded_warmup")
+            else ""
+        ),
         f"- fit: Huber delta {s.get('huber_delta')} on log residuals (sum), L-BFGS-B multi-start, "
         f"{s.get('bootstrap')} bootstrap resamples (seed {s.get('seed')})",
     ]
+    gens = a.source.get("generations") or []
+    if len(gens) > 1:
+        lines.append(
+            f"- generation (base config + --set): {a.source.get('generation')} of {len(gens)} in the store "
+            f"({', '.join(gens)})"
+        )
     runs = a.runs
     if runs is not None and len(runs):
         cfg = [c for c in runs.columns if c.startswith("config.")]
@@ -195,8 +210,25 @@ def _config_section(a: Analysis) -> list[str]:
     return lines
 
 
+def _untrained_coarse_note(runs: pd.DataFrame) -> str:
+    """Where the coarse read is not trained (lambda_coarse = 0) its CE is a counterfactual: say so."""
+    col = "final_val_loss_coarse_untrained"
+    if col not in runs.columns or not pd.to_numeric(runs[col], errors="coerce").notna().any():
+        return ""
+    return (
+        " val_loss_coarse and loss_ratio are empty for runs whose coarse read is not trained "
+        "(lambda_coarse = 0); their coarse read's CE is shown as val_loss_coarse_untrained, a counterfactual "
+        "number (a static read nobody trained to caption), not a competitor."
+    )
+
+
 def metric_table(runs: pd.DataFrame) -> str:
-    """Mean (sd) of the final metrics per tier and budget (and arm when there are several)."""
+    """Mean (sd) of the final metrics per tier and budget (and arm when there are several).
+
+    Means and sds are over complete runs only (status == "complete"): a diverged, oom, failed or still
+    running run has no valid final metric. The status column counts every run of the group, so failures
+    stay visible (and are listed in "Runs that did not complete").
+    """
     if runs is None or not len(runs):
         return "_no runs_\n"
     keys = [k for k in ("tier", "budget_flops") if k in runs.columns]
@@ -207,21 +239,62 @@ def metric_table(runs: pd.DataFrame) -> str:
         for m in TABLE_METRICS
         if m in runs.columns and pd.to_numeric(runs[m], errors="coerce").notna().any()
     ]
-    head = "| " + " | ".join(keys + ["runs", "status"] + [c.replace("final_", "") for c in cols]) + " |"
+    head = (
+        "| " + " | ".join(keys + ["complete runs", "status"] + [c.replace("final_", "") for c in cols]) + " |"
+    )
     lines = [head, "|" + "---|" * (len(keys) + 2 + len(cols))]
     groups = runs.groupby(keys, dropna=False) if keys else [((), runs)]
     for key, g in groups:
         key = key if isinstance(key, tuple) else (key,)
         status = ", ".join(f"{n} {s}" for s, n in g["status"].value_counts().items()) if "status" in g else ""
         cells = [_n(k, "{:.3g}") if isinstance(k, (int, float, np.number)) else str(k) for k in key]
-        cells += [str(len(g)), status]
+        done = g[g["status"].astype(str) == "complete"] if "status" in g else g
+        cells += [str(len(done)), status]
         for c in cols:
-            v = pd.to_numeric(g[c], errors="coerce").dropna()
+            v = pd.to_numeric(done[c], errors="coerce").dropna()
             cells.append(
                 "n/a" if v.empty else (f"{v.mean():.4g}" + (f" ({v.std(ddof=1):.2g})" if len(v) > 1 else ""))
             )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _joint_lines(f: LawFit) -> list[str]:
+    """The joint diagnostic in two lines (bootstrap correlations, Hessian condition)."""
+    jd = f.joint_diagnostic
+    if jd is None:
+        return []
+    cond = f"{jd.hessian_condition:.3g}" if np.isfinite(jd.hessian_condition) else "n/a"
+    out = [
+        f"Hessian of the objective (centred log space, free parameters {', '.join(jd.free)}): condition "
+        f"number {cond} (flagged above {HESSIAN_COND_THRESHOLD:.0e})."
+    ]
+    if jd.corr is not None:
+        pairs = [
+            (jd.names[i], jd.names[j], jd.corr[i, j])
+            for i in range(len(jd.names))
+            for j in range(i + 1, len(jd.names))
+            if np.isfinite(jd.corr[i, j])
+        ]
+        if pairs:
+            top = max(pairs, key=lambda p: abs(p[2]))
+            flagged = "; ".join(f"{x} and {y} ({c:+.4f})" for x, y, c in jd.flagged) or "none"
+            out.append(
+                f"Bootstrap correlations (centred log space): largest |corr| {abs(top[2]):.4f} ({top[0]} vs "
+                f"{top[1]}); not separately identified: {flagged}."
+            )
+    return out
+
+
+def _optimal_line(f: LawFit, co: dict) -> str:
+    """'At C = ...: N* = ..., D* = ..., D*/N* = ...', with withheld numbers said as such."""
+    C = co["C"]
+    parts = [f.derived(k, C) for k in ("N_opt", "D_opt", "tokens_per_param")]
+    ext = " (**extrapolated**)" if co.get("extrapolated") else ""
+    if all(p.suppressed for p in parts) and len({p.note for p in parts}) == 1:
+        return f"At C = {C:.3g}: N*, D* and D*/N* {parts[0].text()}{ext}"
+    n, d, r = (p.text("{:.3g}") for p in parts)
+    return f"At C = {C:.3g}: N* = {n}, D* = {d}, D*/N* = {r}{ext}"
 
 
 def _fits_section(a: Analysis) -> list[str]:
@@ -236,34 +309,38 @@ def _fits_section(a: Analysis) -> list[str]:
         ]
         for k in ("E", "A", "alpha", "B", "beta"):
             out.append(
-                f"| {k} | {_n(f.params[k])} | {_ci(f.ci95.get(k))} | {'yes' if f.identified.get(k) else '**no**'} |"
+                f"| {k} | {_n(f.params[k])} | {_ci(f.ci95.get(k), f.params[k])} | "
+                f"{'yes' if f.identified.get(k) else '**no**'} |"
             )
-        out.append(f"| a = beta/(alpha+beta) | {_n(f.a_opt, '{:.3f}')} | {_ci(f.ci95.get('a_opt'))} | |")
-        out.append(f"| b = alpha/(alpha+beta) | {_n(f.b_opt, '{:.3f}')} | {_ci(f.ci95.get('b_opt'))} | |")
+        for name, label in (("a_opt", "a = beta/(alpha+beta)"), ("b_opt", "b = alpha/(alpha+beta)")):
+            d = f.derived(name)
+            if d.suppressed:
+                out.append(f"| {label} | {d.status} ({d.why}) | n/a | **no** |")
+            else:
+                mark = "yes" if d.status == "ok" else d.status
+                out.append(f"| {label} | {_n(d.value, '{:.3f}')} | {_ci(d.ci95, d.value)} | {mark} |")
         out.append("")
         out.append(
             f"Objective {f.objective:.10f} (Huber sum) over {f.n_points} points; {f.n_at_best} of {f.n_starts} starts "
             f"reached it; projected gradient {f.grad_norm:.2g}; bootstrap {0 if f.boot is None else len(f.boot)} "
             f"of {f.n_bootstrap} refits."
         )
+        out += _joint_lines(f)
         co = a.fits.get("parametric", {}).get("compute_optimal")
         if co:
-            out.append(
-                f"At C = {co['C']:.3g}: N* = {co['N_opt']:.3g}, D* = {co['D_opt']:.3g}, "
-                f"D*/N* = {co['tokens_per_param']:.3g} {_ci(co.get('tokens_per_param_ci95'))}"
-                + (" (**extrapolated**)" if co.get("extrapolated") else "")
-            )
+            out.append(_optimal_line(f, co))
         out.append("")
     iso = a.isoflop
     if iso is not None:
         out += ["### Approach 2: IsoFLOP parabolas", ""]
         if iso.a is not None:
+            da, db = iso.derived("a"), iso.derived("b")
             out.append(
-                f"N* ~ C^a with a = {iso.a:.3f} {_ci(iso.ci95.get('a'))}; D* ~ C^b with b = {iso.b:.3f} "
-                f"{_ci(iso.ci95.get('b'))} ({iso.n_budgets} budgets; bootstrap within budgets"
+                f"N* ~ C^a with a = {da.text()}; D* ~ C^b with b = {db.text()} ({iso.n_budgets} budgets; "
+                "bootstrap within budgets"
                 + (
-                    f"; t intervals a {_ci(iso.ci95_ols.get('a'))}, b {_ci(iso.ci95_ols.get('b'))}"
-                    if iso.ci95_ols
+                    f"; t intervals a {_ci(iso.ci95_ols.get('a'), da.value)}, b {_ci(iso.ci95_ols.get('b'), db.value)}"
+                    if iso.ci95_ols and not da.suppressed
                     else ""
                 )
                 + ")"
@@ -293,7 +370,11 @@ def _fits_section(a: Analysis) -> list[str]:
                     f"| {tier} | {info.get('trial_id', '')} | {info.get('n_points', 0)} | | | | {'; '.join(info.get('warnings', []))} |"
                 )
                 continue
-            cells = [f"{_n(fit.params[k])} {_ci(fit.ci95.get(k))}" for k in ("E", "B", "beta")]
+            cells = [
+                f"{_n(fit.params[k])} {_ci(fit.ci95.get(k), fit.params[k])}"
+                + ("" if fit.identified.get(k, True) else " (not identified)")
+                for k in ("E", "B", "beta")
+            ]
             out.append(
                 f"| {tier} | {info.get('trial_id', '')} | {fit.n_points} | "
                 + " | ".join(cells)
@@ -317,7 +398,8 @@ def _failures_section(runs: pd.DataFrame | None) -> list[str]:
         "|---|---|---|---|---|---|---|",
     ]
     for _, r in bad.iterrows():
-        err = str(r.get("error") or "")
+        err = r.get("error")
+        err = "" if err is None or (isinstance(err, float) and np.isnan(err)) else str(err)
         last = next((x.strip() for x in reversed(err.splitlines()) if x.strip()), "")
         cells = [
             r.get("trial_id"),
@@ -387,10 +469,12 @@ def write_report(
     ]
     f = a.parametric
     tl = []
-    if f is not None:
-        tl.append(f"approach 3 gives a = {f.a_opt:.3f} {_ci(f.ci95.get('a_opt'))}")
-    if a.isoflop is not None and a.isoflop.a is not None:
-        tl.append(f"approach 2 gives a = {a.isoflop.a:.3f} {_ci(a.isoflop.ci95.get('a'))}")
+    if f is not None:  # headlines only where the fit supports them (analysis/diagnostics.py's rule)
+        d = f.derived("a_opt")
+        tl.append(f"approach 3: a {d.text()}" if d.suppressed else f"approach 3 gives a = {d.text()}")
+    if a.isoflop is not None:
+        d = a.isoflop.derived("a")
+        tl.append(f"approach 2: a {d.text()}" if d.suppressed else f"approach 2 gives a = {d.text()}")
     tl.append(f"{len(a.warnings)} warning(s)")
     L += ["**TL;DR**: " + "; ".join(tl) + ".", ""]
     L += ["## Environment", ""]
@@ -406,7 +490,8 @@ def write_report(
         L += [
             "## Metrics per tier and budget",
             "",
-            "Mean (sd) over runs of the final evaluation.",
+            "Mean (sd) of the final evaluation over complete runs; the status column counts every run."
+            + _untrained_coarse_note(a.runs),
             "",
             metric_table(a.runs),
         ]

@@ -29,58 +29,18 @@ import numpy as np
 import pandas as pd
 
 from fvlm.config import flatten  # the dotted-key flattening configs use (no torch import)
+from fvlm.contract import FINAL_METRICS, FINAL_STATUSES, KEY_COLUMNS, METRICS, RUN_CONSTANTS
 
-KEY_COLUMNS = [
-    "experiment",
-    "kind",
-    "trial_id",
-    "config_hash",
-    "tier",
-    "params_n",
-    "budget_flops",
-    "seed",
-    "arm",
-]
-METRICS = [
-    "step",
-    "samples_seen",
-    "flops_seen",
-    "wall_s",
-    "train_loss",
-    "val_loss",
-    "val_loss_fine",
-    "val_loss_coarse",
-    "loss_ratio",
-    "attn_entropy_coarse",
-    "attn_entropy_fine",
-    "attn_on_target_coarse",
-    "attn_on_target_fine",
-    "lr",
-    "grad_norm",
-    "samples_per_s",
-    "peak_mem_mb",
-    "mfu",
-    "micro_batch",
-    "grad_accum",
-    "oom_retries",
-    "status",
-]
-RUN_CONSTANTS = ["params_n", "params_convention", "flops_per_sample", "tier", "seed", "config_hash"]
-FINAL_STATUSES = ("complete", "diverged", "oom", "failed")
-# metrics whose last finite value becomes final_<name> in runs.parquet
-FINAL_METRICS = [
-    "train_loss",
-    "val_loss",
-    "val_loss_fine",
-    "val_loss_coarse",
-    "loss_ratio",
-    "attn_entropy_coarse",
-    "attn_entropy_fine",
-    "attn_on_target_coarse",
-    "attn_on_target_fine",
-]
 # extra keys of a final row copied as they are
-FINAL_EXTRAS = ["val_loss_ar", "train_infer_gap", "lr_source", "lr_schedule", "device", "gpu_name"]
+FINAL_EXTRAS = [
+    "val_loss_ar",
+    "train_infer_gap",
+    "lr_source",
+    "lr_schedule",
+    "device",
+    "gpu_name",
+    "trial_started_at",  # the newest start (a resumed trial restarts): which trial of a cell is current
+]
 # where a key column falls back to in the trial config when the rows lack it
 CONFIG_FALLBACK = {
     "experiment": "meta.experiment",
@@ -89,6 +49,8 @@ CONFIG_FALLBACK = {
     "budget_flops": "train.budget_flops",
     "seed": "train.seed",
     "tier": "model.scale",
+    "generation": "meta.generation",
+    "config_hash": "meta.config_hash",  # a trial that failed before its first report has no rows
 }
 _SKIP_DIRS = {"store", "analysis"}
 _ERROR_CHARS = 4000
@@ -278,9 +240,9 @@ def build_frames(experiment_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
             records.append(rec)
     evals = pd.DataFrame.from_records(records)
     if len(evals):
-        for m in METRICS:
+        for m in KEY_COLUMNS + METRICS:  # every contract column exists, empty where the rows lack it
             if m not in evals.columns:
-                evals[m] = np.nan
+                evals[m] = None if m in KEY_COLUMNS else np.nan
         evals = evals.sort_values(["trial_id", "report_index"], kind="stable").reset_index(drop=True)
         # a trial restored from a checkpoint reports the steps after it again: the later report wins
         step = pd.to_numeric(evals["step"], errors="coerce")
@@ -288,11 +250,25 @@ def build_frames(experiment_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         for tid, n in evals.loc[dup, "trial_id"].value_counts().items():
             meta[tid]["duplicate_rows"] = int(n)
         evals = evals[~dup].reset_index(drop=True)
+        evals["in_warmup"] = _in_warmup(evals)
         evals = _order_columns(_fix_types(evals), KEY_COLUMNS + ["report_index"] + METRICS)
     else:
         evals = pd.DataFrame(columns=KEY_COLUMNS + ["report_index"] + METRICS)
     runs = runs_from_evals(evals, meta)
     return evals, runs
+
+
+def _in_warmup(evals: pd.DataFrame) -> pd.Series:
+    """The rows' own in_warmup flag; for rows written before the flag existed (contract version 1), derived
+    the same way fvlm.train does: the step-0 eval, or step <= int(total_steps * train.warmup_ratio)."""
+    step = pd.to_numeric(evals["step"], errors="coerce")
+    total = pd.to_numeric(evals.get("total_steps", pd.Series(np.nan, index=evals.index)), errors="coerce")
+    ratio = pd.to_numeric(
+        evals.get("config.train.warmup_ratio", pd.Series(0.05, index=evals.index)), errors="coerce"
+    ).fillna(0.05)  # 0.05: fvlm.config.TrainConfig's default, for rows that predate the flag
+    derived = (step <= 0) | (step <= np.floor(total * ratio)).fillna(False)
+    own = evals["in_warmup"] if "in_warmup" in evals.columns else pd.Series(np.nan, index=evals.index)
+    return own.where(own.notna(), derived).astype(bool)
 
 
 def _last_finite(s: pd.Series):
@@ -385,6 +361,9 @@ def runs_from_evals(evals: pd.DataFrame, meta: dict | None = None) -> pd.DataFra
     runs = pd.DataFrame.from_records(out)
     if not len(runs):
         return pd.DataFrame(columns=KEY_COLUMNS + ["status", "error"])
+    for k in KEY_COLUMNS:
+        if k not in runs.columns:
+            runs[k] = None
     return _order_columns(_fix_types(runs), KEY_COLUMNS + ["status", "error"])
 
 

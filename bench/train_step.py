@@ -63,9 +63,9 @@ def main() -> None:
     args = ap.parse_args()
     cfg = load_config(args.config, args.overrides)
     cached, world = build(cfg)
-    naive = NaiveRead(cfg.model, cfg.world, len(world.tokenizer), {})
+    naive = NaiveRead(cfg.model, cfg.world, len(world.tokenizer), {}, seed=cfg.train.seed)
     naive.load_state_dict(cached.state_dict())
-    fps = accounting.flops_per_sample(cfg, len(world.tokenizer))
+    flops_per_sample = accounting.flops_per_sample(cfg, len(world.tokenizer))
     opts = {
         "cached": make_optimizer(cached, cfg, torch.device("cpu")),
         "naive": make_optimizer(naive, cfg, torch.device("cpu")),
@@ -79,13 +79,13 @@ def main() -> None:
             times[name].append(time_steps(models[name], opts[name], world, cfg, args.steps))
     print(
         f"{cfg.model.scale=} threads={torch.get_num_threads()} batch={cfg.train.batch_size} "
-        f"reads/frame={1 + cfg.model.fine_iters} | {fps:.3g} FLOPs/sample (analytic, cached model)"
+        f"reads/frame={1 + cfg.model.fine_iters} | {flops_per_sample:.3g} FLOPs/sample (analytic, cached model)"
     )
     med = {k: statistics.median(v) for k, v in times.items()}
     for name, dt in med.items():
         sps = cfg.train.batch_size / dt
         print(
-            f"{name:7s} {dt * 1000:7.1f} ms/step  {sps:7.1f} samples/s  {sps * fps / 1e9:6.2f} GFLOP/s (useful)"
+            f"{name:7s} {dt * 1000:7.1f} ms/step  {sps:7.1f} samples/s  {sps * flops_per_sample / 1e9:6.2f} GFLOP/s (useful)"
         )
     print(f"speed-up of the K/V cache over re-encoding: {med['naive'] / med['cached']:.2f}x")
 

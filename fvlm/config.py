@@ -123,6 +123,8 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model (state dicts are saved without the _orig_mod prefix)
     keep_last: int = 2  # checkpoints kept besides the best
     inject_oom_steps: list[int] = field(default_factory=list)  # fault injection: a CUDA OOM at these steps
+    inject_oom_eval_steps: list[int] = field(default_factory=list)  # fault injection: OOM in these evals
+    inject_nan_steps: list[int] = field(default_factory=list)  # fault injection: a NaN loss at these steps
 
 
 @dataclass
@@ -446,14 +448,58 @@ def validate(cfg: Config) -> None:
         )
 
 
-def config_hash(cfg: Config) -> str:
-    """Identity of an experiment cell: everything except run naming and the compass text."""
-    d = to_dict(cfg)
-    d.pop("run", None)
-    d.pop("compass", None)
-    d["train"].pop("inject_oom_steps", None)
-    blob = json.dumps(d, sort_keys=True, default=str)
+# Fields that say how a run executes, not what it computes: configs that differ only here train the same
+# model on the same samples in the same order (the OOM ladder and the packer change micro_batch and gradient
+# checkpointing on purpose, keeping the effective batch), so they are the same cell and share a hash.
+EXECUTION_FIELDS = (
+    "train.micro_batch",
+    "train.threads",
+    "train.device",
+    "train.keep_last",
+    "train.compile",
+    "train.inject_oom_steps",
+    "train.inject_oom_eval_steps",
+    "train.inject_nan_steps",  # a fault of one execution, like a killed worker: the same cell, run again
+    "model.gradient_checkpointing",
+)
+# What an LR optimum does not depend on (ASSUMPTION, the LR sweep's: the optimum moves little with the
+# training length over the grid's range, and not with the seed or how often we evaluate).
+LR_FREE_FIELDS = (
+    "train.lr",
+    "train.seed",
+    "train.samples",
+    "train.steps",
+    "train.budget_flops",
+    "train.eval_points",
+    "train.eval_spacing",
+    "train.eval_samples",
+    "world.val_size",
+    "world.val_seed",
+)
+
+
+def config_hash(cfg: Config, drop: tuple[str, ...] = ()) -> str:
+    """Identity of an experiment cell: what decides the science (model, world, data, schedule, seed), plus
+    the row contract's and the world's versions, so a result made by older code never passes for a current
+    one. Run naming, the compass text and EXECUTION_FIELDS are left out, as are the dotted keys in `drop`."""
+    from fvlm.contract import CONTRACT_VERSION
+    from fvlm.world import WORLD_VERSION  # lazy: fvlm.world imports torch
+
+    skip = set(EXECUTION_FIELDS) | set(drop)
+    flat = {
+        k: v
+        for k, v in flatten(to_dict(cfg)).items()
+        if not k.startswith(("run.", "compass.")) and k not in skip
+    }
+    flat["_versions"] = {"contract": CONTRACT_VERSION, "world": WORLD_VERSION}
+    blob = json.dumps(flat, sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def lr_key(cfg: Config) -> str:
+    """The key of an LR sweep result: the config hash without LR_FREE_FIELDS. The grid reuses a swept LR
+    only for cells whose lr_key matches (same tier, world, schedule, batch, ...), never by tier name alone."""
+    return config_hash(cfg, drop=LR_FREE_FIELDS)
 
 
 def describe(cfg: Config) -> str:

@@ -4,15 +4,23 @@ A *query* becomes one visual token per frame by reading the patch K/V:
 - deep query (default): the query is an extra token that walks every DINO layer with that layer's own
   weights (LN, W_q, O, MLP, layer scales), attending only to the cached patch K/V; patches never see it.
 - shallow query: one multi-head cross-attention of the projected query over the final features.
-Upstream facts this follows (shared/reference/fvlm-upstream.md sections 2.2-2.5): no bias on
+Upstream facts this follows (upstream fVLM's design, sections 2.2-2.5): no bias on
 ``query_input_proj`` (BUG-002), the CLS token stays in the keys, attention maps are available for
 entropy and heatmaps. Unlike upstream, the patch pass computes each layer's K/V once (upstream computed
 them twice: once for the cache and again inside the HF layer).
+
+    enc = FoveatedEncoder(dino, query_dim, seed=0); z, attn = enc.attend(enc.encode(frames), queries)
+
+Every module is initialised under its own seed derived from (run seed, module name) (:func:`seeded`), so
+a knob that adds a module does not shift the init of the others: paired seeds pair the init.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +30,22 @@ from torch.utils.checkpoint import checkpoint
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def derive_seed(seed: int, name: str) -> int:
+    """A stable 63-bit seed for module ``name`` of a run seeded ``seed`` (sha256: Python's own hash() of a
+    string is salted per process, PYTHONHASHSEED)."""
+    digest = hashlib.sha256(f"fvlm:{int(seed)}:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+@contextlib.contextmanager
+def seeded(seed: int, name: str) -> Iterator[None]:
+    """Initialise what is built inside from ``derive_seed(seed, name)``; the global CPU stream is left where
+    it was (torch.random.fork_rng), so neither the order nor the number of modules built changes any init."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seed, name))
+        yield
 
 
 @dataclass
@@ -64,6 +88,7 @@ class FoveatedEncoder(nn.Module):
         dino: nn.Module,
         query_dim: int,
         *,
+        seed: int,
         deep_query: bool = True,
         query_bias: bool = False,
         layers_used: int | None = None,
@@ -80,9 +105,15 @@ class FoveatedEncoder(nn.Module):
         self.deep_query = deep_query
         self.layers_used = layers_used or cfg.num_hidden_layers
         self.gradient_checkpointing = gradient_checkpointing
-        self.query_input_proj = nn.Linear(query_dim, self.hidden, bias=query_bias)
-        self.output_proj = nn.Linear(self.hidden, self.hidden, bias=True)
-        self.pos_proj = nn.Linear(self.hidden, self.hidden, bias=False) if pos_code else None
+        # nn.Linear draws its weight before its bias, so query_bias=true keeps the weight of the baseline
+        with seeded(seed, "query_input_proj"):
+            self.query_input_proj = nn.Linear(query_dim, self.hidden, bias=query_bias)
+        with seeded(seed, "output_proj"):
+            self.output_proj = nn.Linear(self.hidden, self.hidden, bias=True)
+        self.pos_proj = None
+        if pos_code:
+            with seeded(seed, "pos_proj"):
+                self.pos_proj = nn.Linear(self.hidden, self.hidden, bias=False)
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 

@@ -7,40 +7,54 @@ bottom: evaluate + checkpoint (so the last step is evaluated too), then one opti
 console line. Evaluations happen at fixed fractions of the run (log-spaced by default, so one constant-LR
 run yields a whole L(D) curve). Failures are visible and stored in the rows: the OOM ladder (halve the
 micro-batch and double accumulation -- same samples, same order -- then gradient checkpointing, then give
-up), and divergence (NaN/inf ends the run with status ``diverged``). Upstream skipped OOM batches, which
-silently changed the data an arm saw; this loop never skips a batch.
+up; an OOM inside an evaluation halves the evaluation's micro-batch), and divergence (a non-finite loss or
+gradient norm ends the run with status ``diverged``, before the optimizer steps on it). Upstream skipped
+OOM batches, which silently changed the data an arm saw; this loop never skips a batch.
+
+What a row reports about training: ``train_loss`` is val_loss's quantity (the fine read's caption CE; the
+coarse read's in coarse_only) on the training batches, and ``train_objective`` what the optimizer
+minimised (plus ``lambda_coarse`` x the coarse CE, plus the reconstruction loss), both averaged over the
+optimizer steps since the previous evaluation. ``in_warmup`` marks evaluations of the untrained model
+(step 0) and inside LR warmup. Evaluation lives in fvlm/evaluate.py, checkpoints in fvlm/checkpoint.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import json
 import math
 import os
 import resource
-import shutil
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from fvlm import accounting
+from fvlm.checkpoint import Checkpoints, load_state, restore_rng_state, rng_state, unwrap_state_dict
 from fvlm.config import Config, ConfigError, config_hash, describe, load_config, tier_values
-from fvlm.model import FoveatedVLM
+from fvlm.evaluate import coarse_is_trained, evaluate
+from fvlm.model import FoveatedVLM, autocast
 from fvlm.world import VideoWorld
 
 Report = Callable[[dict, Path | None], None]
-FINAL_STATUSES = ("complete", "diverged", "oom", "failed")
 
 
 class OOMGiveUp(RuntimeError):
-    """The OOM ladder ran out of rungs (micro-batch 1 with gradient checkpointing still does not fit)."""
+    """The OOM ladder ran out of rungs: a training step at micro-batch 1 with gradient checkpointing, or an
+    evaluation at micro-batch 1, still does not fit."""
+
+
+class StepResult(NamedTuple):
+    objective: float  # what the optimizer minimised (the mode's training loss)
+    loss: float  # val_loss's quantity on this batch: the fine read's loss (the coarse read's in coarse_only)
+    grad_norm: float  # before clipping
 
 
 # ----------------------------------------------------------------------------- set-up helpers
@@ -61,7 +75,8 @@ def autocast_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
 
 
 def build(cfg: Config, device: torch.device | str = "cpu") -> tuple[FoveatedVLM, VideoWorld]:
-    """The world (with its tokenizer) and the model, initialised from cfg.train.seed."""
+    """The world (with its tokenizer) and the model, every module initialised from (cfg.train.seed, its
+    name); the global CPU stream (what the run draws at training time) is seeded from cfg.train.seed."""
     tokenizer = None
     if cfg.model.tokenizer_path:
         from transformers import AutoTokenizer
@@ -75,7 +90,7 @@ def build(cfg: Config, device: torch.device | str = "cpu") -> tuple[FoveatedVLM,
         "pad_token_id": tok.pad_token_id,
     }
     torch.manual_seed(cfg.train.seed)
-    model = FoveatedVLM(cfg.model, cfg.world, len(tok), special).to(device)
+    model = FoveatedVLM(cfg.model, cfg.world, len(tok), special, seed=cfg.train.seed).to(device)
     if cfg.model.llm_path or cfg.model.dino_path:
         # loaded weights define the sizes: keep the config (FLOPs, memory, hash) true to what was built
         for key, value in model.backbone_dims().items():
@@ -146,162 +161,22 @@ def make_optimizer(model: FoveatedVLM, cfg: Config, device: torch.device) -> tor
     return torch.optim.AdamW(groups, weight_decay=t.weight_decay, fused=device.type == "cuda")
 
 
-def unwrap_state_dict(state: dict) -> dict:
-    """Strip torch.compile's ``_orig_mod.`` prefix so compiled and eager models share checkpoints."""
-    return {k.replace("_orig_mod.", ""): v for k, v in state.items()}
-
-
 def peak_mem_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (KiB on Linux)
 
 
-# ----------------------------------------------------------------------------- checkpoints
+def in_warmup(cfg: Config, step: int, steps: int) -> bool:
+    """True for the untrained model (step 0) and while every update so far ran under the LR warmup ramp.
+    analysis/store.py derives the same rule for rows written before the flag existed: keep them equal."""
+    return step <= 0 or step <= int(steps * cfg.train.warmup_ratio)
 
 
-class Checkpoints:
-    """``<dir>/step_XXXXXXX/state.pt``: the last ``keep`` plus the best by val_loss; atomic writes."""
-
-    def __init__(self, root: Path, keep: int) -> None:
-        self.root, self.keep = root, keep
-        root.mkdir(parents=True, exist_ok=True)
-
-    def save(self, state: dict, step: int, val_loss: float) -> Path:
-        final = self.root / f"step_{step:07d}"
-        tmp = self.root / f".tmp_step_{step:07d}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        torch.save(state, tmp / "state.pt")
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        meta = self.root / "index.json"
-        index = json.loads(meta.read_text())["val_loss"] if meta.exists() else {}
-        index[final.name] = val_loss if math.isfinite(val_loss) else None
-        best = min((k for k, v in index.items() if v is not None), key=lambda k: index[k], default=None)
-        recent = sorted(index)[-self.keep :]
-        for name in list(index):
-            if name not in recent and name != best:
-                shutil.rmtree(self.root / name, ignore_errors=True)
-                index.pop(name)
-        tmp_meta = meta.with_suffix(".tmp")
-        tmp_meta.write_text(json.dumps({"best": best, "latest": final.name, "val_loss": index}, indent=1))
-        os.replace(tmp_meta, meta)
-        return final
-
-    @staticmethod
-    def latest(root: Path) -> Path | None:
-        dirs = sorted(p for p in Path(root).glob("step_*") if (p / "state.pt").exists())
-        return dirs[-1] if dirs else None
-
-
-def load_state(path: str | Path) -> dict:
-    path = Path(path)
-    if path.is_dir():
-        found = path / "state.pt" if (path / "state.pt").exists() else Checkpoints.latest(path)
-        if found is None:
-            raise FileNotFoundError(f"no checkpoint under {path}")
-        path = found if found.name == "state.pt" else found / "state.pt"
-    return torch.load(path, map_location="cpu", weights_only=False)
-
-
-# ----------------------------------------------------------------------------- evaluation
-
-
-@torch.no_grad()
-def evaluate(
-    model: FoveatedVLM,
-    world: VideoWorld,
-    cfg: Config,
-    batch_size: int,
-    device: torch.device,
-    amp: torch.dtype | None,
-    final: bool = False,
-) -> dict:
-    """Held-out losses of both reads, attention statistics, slot accuracy (and at the end the AR pass)."""
-    was_training = model.training
-    model.eval()
-    sums: dict[str, float] = {}
-    seen = 0
-    limit = min(cfg.train.eval_samples, cfg.world.val_size)
-    # FIX (tests/test_train.py::test_oom_ladder_keeps_the_effective_batch_and_the_sample_order): the val
-    # losses are token means over exactly `limit` clips at any eval batch size (the OOM ladder halves it):
-    # the last batch is cut at `limit`, and each batch's caption CE is its token sum over the set's token
-    # count scaled to the batch's sample share, so the sample-weighted mean below is the token mean.
-    tokens = int(world.val_set()["loss_mask"][:limit, 1:].sum())
-    for batch in world.val_batches(batch_size):
-        if seen >= limit:
-            break
-        if seen + len(batch["captions"]) > limit:
-            batch = {k: v[: limit - seen] for k, v in batch.items()}
-        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        n = batch["frames"].shape[0]
-        batch["caption_tokens"] = torch.tensor(tokens * n / limit, device=device)
-        with autocast(device, amp):
-            out = model(batch, compute_coarse=True)
-            vals = {
-                "val_loss": out.loss_fine if out.loss_fine is not None else out.loss_coarse,
-                "val_loss_fine": out.loss_fine,
-                "val_loss_coarse": out.loss_coarse,
-                **out.stats,
-            }
-            if out.logits is not None:
-                vals.update({f"val_acc_{k}": v for k, v in world.slot_accuracy(out.logits, batch).items()})
-            if final and model.cfg.mode == "coarse_fine":
-                vals["val_loss_ar"] = model(batch, mode="autoregressive").loss
-        for k, v in vals.items():
-            if v is not None and not (isinstance(v, float) and math.isnan(v)):
-                sums[k] = sums.get(k, 0.0) + float(v) * n
-                sums[f"_n_{k}"] = sums.get(f"_n_{k}", 0) + n
-        seen += n
-    samples = sample_outputs(model, world, device, amp) if final else None
-    model.train(was_training)
-    out = {k: sums[k] / sums[f"_n_{k}"] for k in sums if not k.startswith("_n_")}
-    if samples is not None:
-        out["samples_json"] = samples
-    for k in (
-        "val_loss_fine",
-        "val_loss_coarse",
-        "attn_entropy_fine",
-        "attn_on_target_fine",
-        "attn_entropy_coarse",
-        "attn_on_target_coarse",
-    ):
-        out.setdefault(k, float("nan"))
-    # the ratio is a claim about two trained reads: report it only when the coarse read is trained
-    trained_coarse = cfg.model.lambda_coarse > 0 and cfg.model.mode == "coarse_fine"
-    out["loss_ratio"] = out["val_loss_fine"] / out["val_loss_coarse"] if trained_coarse else float("nan")
-    if "val_loss_ar" in out:
-        out["train_infer_gap"] = out["val_loss_ar"] - out["val_loss_fine"]
-    return out
-
-
-@torch.no_grad()
-def sample_outputs(model: FoveatedVLM, world: VideoWorld, device: torch.device, amp, n: int = 4) -> str:
-    """The first ``n`` held-out clips: true vs predicted caption (teacher-forced argmax of the scored pass)
-    and each read's last-layer attention over the patch grid, as JSON for the report card. The clips
-    themselves are re-rendered from (world config, val index) when plotted."""
-    batch = next(world.val_batches(n))
-    batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-    with autocast(device, amp):
-        out = model(batch, compute_coarse=True)
-    rows = []
-    for i in range(len(batch["captions"])):
-        row = {"val_index": i, "truth": batch["captions"][i]}
-        if out.logits is not None:
-            scored = batch["loss_mask"][i, 1:] == 1
-            ids = out.logits[i, :-1].argmax(-1)[scored].tolist()
-            row["pred"] = " ".join(world.vocab[t] for t in ids if world.vocab[t] not in ("<eos>", "<bos>"))
-        for name in ("coarse", "fine"):
-            attn = getattr(out, f"attn_{name}")
-            if attn is not None:  # [B, T, L, H, P] -> last layer, head mean, patches only: [T, grid*grid]
-                row[f"attn_{name}"] = attn[i, :, -1].float().mean(1)[:, 1:].round(decimals=3).tolist()
-        rows.append(row)
-    return json.dumps({"world": asdict(world.cfg), "clips": rows})
-
-
-def autocast(device: torch.device, amp: torch.dtype | None):
-    return torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
+def blind_bound(cfg: Config, world: VideoWorld) -> float:
+    """val_loss's no-vision bound: the world's blind caption entropy where val_loss is the caption CE; NaN
+    where it is not (reconstruct and joint add a reconstruction MSE that the caption bound does not bound)."""
+    return world.blind_entropy() if cfg.model.objective == "caption" else float("nan")
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -317,9 +192,9 @@ def train(
 ) -> dict:
     """Train ``cfg`` to completion (or divergence / OOM give-up); return the summary dict.
 
-    ``report(row, checkpoint_path)`` is called after every evaluation with the contract metrics (design
-    section 4) and the checkpoint just written. ``resume`` is a checkpoint (dir or state.pt) to continue
-    from exactly: same data position, RNG, optimizer and schedule.
+    ``report(row, checkpoint_path)`` is called after every evaluation with the contract metrics
+    (fvlm/contract.py) and the checkpoint just written. ``resume`` is a checkpoint (dir or state.pt) to
+    continue from exactly: same data position, RNG, optimizer and schedule.
     """
     log = log or (lambda s: None)
     t0 = time.time()
@@ -329,18 +204,19 @@ def train(
         torch.set_num_threads(cfg.train.threads)
     model, world = build(cfg, device)
     vocab = len(world.tokenizer)
-    fps = accounting.flops_per_sample(cfg, vocab)
-    steps, samples = total_steps(cfg, fps)
+    flops_per_sample = accounting.flops_per_sample(cfg, vocab)
+    steps, samples = total_steps(cfg, flops_per_sample)
     params = accounting.count_params(model)
     tier, _ = tier_values(cfg.model)
     peak, peak_src = accounting.peak_flops(device)
     constants = {
         "params_n": params["total"],
         "params_convention": accounting.PARAMS_CONVENTION,
-        "flops_per_sample": fps,
+        "flops_per_sample": flops_per_sample,
         "tier": tier,
         "seed": cfg.train.seed,
         "config_hash": config_hash(cfg),
+        "val_loss_blind": blind_bound(cfg, world),
         "lr_schedule": cfg.train.schedule,
     }
     ckpts = Checkpoints(
@@ -356,9 +232,11 @@ def train(
         "wall_s": 0.0,
         "micro_batch": cfg.train.micro_batch,
         "grad_accum": cfg.train.batch_size // cfg.train.micro_batch,
+        "eval_micro_batch": cfg.train.micro_batch,
         "oom_retries": 0,
         "ladder": [],
         "injected": [],
+        "injected_eval": [],
         "last_eval": -1,
         "best_val_loss": float("inf"),
         "best_step": -1,
@@ -368,41 +246,45 @@ def train(
         model.load_state_dict(unwrap_state_dict(state["model"]))
         opt.load_state_dict(state["optimizer"])
         st.update(state["loop"])
-        torch.set_rng_state(state["rng"]["torch"])
+        restore_rng_state(state["rng"])
         if state["ladder_ckpt"]:
             model.enable_gradient_checkpointing()
         log(f"resumed from {resume} at step {st['step']} ({st['samples_seen']} samples)")
 
     log(describe(cfg))
     log(
-        f"params {params['total']:,} ({accounting.PARAMS_CONVENTION}; dino {params['dino']:,}, llm {params['llm']:,}, "
-        f"connector {params['connector']:,}) | {fps:.3g} FLOPs/sample | {steps} steps x {cfg.train.batch_size} = "
-        f"{samples:,} samples | device {device} ({peak_src})"
+        f"params {params['total']:,} ({accounting.PARAMS_CONVENTION}; dino {params['dino']:,}, llm "
+        f"{params['llm']:,}, connector {params['connector']:,}) | {flops_per_sample:.3g} FLOPs/sample | "
+        f"{steps} steps x {cfg.train.batch_size} = {samples:,} samples | device {device} ({peak_src})"
     )
     evals = eval_steps(cfg, steps)
-    interval = {"loss": 0.0, "n": 0, "grad_norm": 0.0, "train_s": 0.0, "samples": 0}
+    interval = {"loss": 0.0, "objective": 0.0, "n": 0, "grad_norm": 0.0, "train_s": 0.0, "samples": 0}
     status, error, last_row = "running", "", {}
-    start_wall = st["wall_s"] - (
-        time.time() - t0
-    )  # wall clock counts set-up time, and continues across resumes
+    # wall clock counts set-up time, and continues across resumes
+    start_wall = st["wall_s"] - (time.time() - t0)
+
+    def mean(key: str) -> float:
+        return interval[key] / interval["n"] if interval["n"] else float("nan")
 
     def row(metrics: dict, status_: str) -> dict:
         sps = interval["samples"] / interval["train_s"] if interval["train_s"] > 0 else float("nan")
-        train_loss = interval["loss"] / interval["n"] if interval["n"] else float("nan")
         return {
             "step": st["step"],
             "samples_seen": st["samples_seen"],
             "flops_seen": st["flops_seen"],
             "wall_s": st["wall_s"],
-            "train_loss": train_loss,
+            "train_loss": mean("loss"),
+            "train_objective": mean("objective"),
+            "in_warmup": in_warmup(cfg, st["step"], steps),
             "lr": opt.param_groups[-1]["lr"],
             "lr_connector": opt.param_groups[0]["lr"],
-            "grad_norm": interval["grad_norm"] / interval["n"] if interval["n"] else float("nan"),
+            "grad_norm": mean("grad_norm"),
             "samples_per_s": sps,
             "peak_mem_mb": peak_mem_mb(device),
-            "mfu": accounting.mfu(fps, sps, peak),
+            "mfu": accounting.mfu(flops_per_sample, sps, peak),
             "micro_batch": st["micro_batch"],
             "grad_accum": st["grad_accum"],
+            "eval_micro_batch": _eval_batch(st),
             "oom_retries": st["oom_retries"],
             "ladder": "; ".join(st["ladder"]),
             "status": status_,
@@ -415,7 +297,7 @@ def train(
             "model": unwrap_state_dict(model.state_dict()),
             "optimizer": opt.state_dict(),
             "loop": dict(st),
-            "rng": {"torch": torch.get_rng_state()},
+            "rng": rng_state(device),
             "ladder_ckpt": model.cfg.gradient_checkpointing,
             "config": asdict(cfg),
         }
@@ -430,8 +312,15 @@ def train(
         if report is not None:
             report(r, path)
         last_row = r
-        interval.update(loss=0.0, n=0, grad_norm=0.0, train_s=0.0, samples=0)
+        interval.update(loss=0.0, objective=0.0, n=0, grad_norm=0.0, train_s=0.0, samples=0)
         return r
+
+    def stop(status_: str, error_: str) -> None:
+        nonlocal status, error
+        status, error = status_, error_
+        st["wall_s"] = start_wall + time.time() - t0
+        emit({"val_loss": float("nan"), "error": error}, status)
+        log(f"{status.upper()}: {error}")
 
     model.train()
     while True:
@@ -439,22 +328,29 @@ def train(
         # ---- evaluate + checkpoint at the top, so the last step is evaluated too
         if st["step"] in evals and st["last_eval"] != st["step"]:
             final = st["step"] >= steps
-            metrics = evaluate(model, world, cfg, st["micro_batch"], device, amp, final=final)
+            try:
+                metrics = _evaluate_with_ladder(model, world, cfg, st, device, amp, final)
+            except OOMGiveUp as e:
+                stop("oom", str(e))
+                break
             st["last_eval"] = st["step"]
             if not math.isfinite(metrics.get("val_loss", float("nan"))):  # diverged between two train steps
-                status, error = (
-                    "diverged",
-                    f"non-finite val_loss {metrics.get('val_loss')} at step {st['step']}",
-                )
+                error = f"non-finite val_loss {metrics.get('val_loss')} at step {st['step']}"
+                status = "diverged"
                 emit({**metrics, "error": error}, status)
                 log(f"DIVERGED: {error}")
                 break
             r = emit(metrics, "complete" if final else "running")
+            coarse = (
+                f"coarse {r['val_loss_coarse']:.4f}"
+                if coarse_is_trained(cfg) or cfg.model.mode != "coarse_fine"
+                else f"coarse (untrained) {r['val_loss_coarse_untrained']:.4f}"
+            )
             log(
                 f"eval step {st['step']} | val_loss {r['val_loss']:.4f} | fine {r['val_loss_fine']:.4f} | "
-                f"coarse {r['val_loss_coarse']:.4f} | ratio {r['loss_ratio']:.4f} | entropy coarse "
-                f"{r['attn_entropy_coarse']:.3f} fine {r['attn_entropy_fine']:.3f} | on-target coarse "
-                f"{r['attn_on_target_coarse']:.3f} fine {r['attn_on_target_fine']:.3f}"
+                f"{coarse} | ratio {r['loss_ratio']:.4f} | entropy coarse {r['attn_entropy_coarse']:.3f} fine "
+                f"{r['attn_entropy_fine']:.3f} | on-target coarse {r['attn_on_target_coarse']:.3f} fine "
+                f"{r['attn_on_target_fine']:.3f}"
             )
             if final:
                 status = "complete"
@@ -466,34 +362,40 @@ def train(
             g["lr"] = g["peak_lr"] * lr_mult
         indices = range(st["samples_seen"], st["samples_seen"] + cfg.train.batch_size)
         try:
-            loss, grad_norm = _step_with_ladder(runner, model, opt, world, cfg, indices, st, device, amp, log)
+            res = _step_with_ladder(runner, model, opt, world, cfg, indices, st, device, amp)
         except OOMGiveUp as e:
-            status, error = "oom", str(e)
-            emit({"val_loss": float("nan"), "error": error}, status)
-            log(f"OOM: {error}")
+            stop("oom", str(e))
             break
         st["step"] += 1
         st["samples_seen"] += cfg.train.batch_size
-        st["flops_seen"] += fps * cfg.train.batch_size
+        st["flops_seen"] += flops_per_sample * cfg.train.batch_size
         dt = time.time() - step_t0
         interval["train_s"] += dt
         interval["samples"] += cfg.train.batch_size
-        if not math.isfinite(loss):
-            status, error = "diverged", f"non-finite loss {loss} at step {st['step']}"
-            st["wall_s"] = start_wall + time.time() - t0
-            emit({"val_loss": float("nan"), "error": error}, status)
-            log(f"DIVERGED: {error}")
+        if not math.isfinite(res.objective):
+            stop("diverged", f"non-finite loss {res.objective} at step {st['step']}")
             break
-        interval["loss"] += loss
-        interval["grad_norm"] += grad_norm
+        if not math.isfinite(res.grad_norm):
+            # FIX (tests/test_train.py::test_a_non_finite_gradient_with_a_finite_loss_diverges_unstepped):
+            # the optimizer stepped on any finite loss, so an inf/NaN gradient (clipping scales it by NaN)
+            # made every weight NaN and the run diverged a step later, from a checkpoint of NaN weights
+            stop(
+                "diverged",
+                f"non-finite grad norm {res.grad_norm} with a finite loss {res.objective:.4g} at step "
+                f"{st['step']}: the optimizer did not step (the weights are those before this step)",
+            )
+            break
+        interval["loss"] += res.loss
+        interval["objective"] += res.objective
+        interval["grad_norm"] += res.grad_norm
         interval["n"] += 1
         if st["step"] % cfg.run.log_every == 0:
             sps = cfg.train.batch_size / dt
             eta = (steps - st["step"]) * dt
             log(
-                f"step {st['step']:5d}/{steps} | loss {loss:.4f} | lr {opt.param_groups[-1]['lr']:.2e} | "
-                f"dt {dt * 1000:.0f}ms | {sps:.0f} samples/s | mfu {100 * accounting.mfu(fps, sps, peak):.2f}% | "
-                f"eta {eta:.0f}s"
+                f"step {st['step']:5d}/{steps} | loss {res.loss:.4f} | objective {res.objective:.4f} | lr "
+                f"{opt.param_groups[-1]['lr']:.2e} | dt {dt * 1000:.0f}ms | {sps:.0f} samples/s | mfu "
+                f"{100 * accounting.mfu(flops_per_sample, sps, peak):.2f}% | eta {eta:.0f}s"
             )
 
     summary = {
@@ -514,7 +416,48 @@ def train(
     return summary
 
 
-def _step_with_ladder(runner, model, opt, world, cfg, indices, st, device, amp, log) -> tuple[float, float]:
+# ----------------------------------------------------------------------------- the OOM ladder
+
+
+def _free(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _record(st: dict, rung: str) -> None:
+    st["ladder"].append(rung)
+    print(f"[oom ladder] {rung}", file=sys.stderr)
+
+
+def _eval_batch(st: dict) -> int:
+    """The evaluation's micro-batch: the training one, or smaller after an OOM inside an evaluation."""
+    return min(st["micro_batch"], st["eval_micro_batch"])
+
+
+def _evaluate_with_ladder(model, world, cfg, st, device, amp, final) -> dict:
+    """One evaluation; on CUDA OOM: halve the evaluation's micro-batch (the losses are token means over the
+    same clips at any batch size), and at micro-batch 1 give up (no gradients are kept in an evaluation,
+    so gradient checkpointing would not help). Every rung is recorded in ``st['ladder']``."""
+    while True:
+        inject = st["step"] in cfg.train.inject_oom_eval_steps and st["step"] not in st["injected_eval"]
+        if inject:
+            st["injected_eval"].append(st["step"])  # fault injection for tests: once per listed step
+        try:
+            return evaluate(model, world, cfg, _eval_batch(st), device, amp, final=final, inject_oom=inject)
+        except torch.OutOfMemoryError as e:
+            _free(device)
+            st["oom_retries"] += 1
+            if _eval_batch(st) <= 1:
+                raise OOMGiveUp(
+                    f"out of memory in the evaluation at step {st['step']} even at micro_batch 1 "
+                    f"({str(e).splitlines()[0]}); use a smaller tier or fewer frames"
+                ) from e
+            st["eval_micro_batch"] = _eval_batch(st) // 2
+            _record(st, f"step {st['step']}: OOM in evaluation -> eval micro_batch {st['eval_micro_batch']}")
+
+
+def _step_with_ladder(runner, model, opt, world, cfg, indices, st, device, amp) -> StepResult:
     """One optimizer step; on CUDA OOM: halve the micro-batch and double accumulation (same samples, same
     order), then gradient checkpointing, then give up. Every rung is recorded in ``st['ladder']``."""
     while True:
@@ -522,9 +465,7 @@ def _step_with_ladder(runner, model, opt, world, cfg, indices, st, device, amp, 
             return _step(runner, model, opt, world, cfg, indices, st, device, amp)
         except torch.OutOfMemoryError as e:
             opt.zero_grad(set_to_none=True)
-            gc.collect()
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+            _free(device)
             st["oom_retries"] += 1
             if st["micro_batch"] > 1:
                 st["micro_batch"] //= 2
@@ -538,11 +479,12 @@ def _step_with_ladder(runner, model, opt, world, cfg, indices, st, device, amp, 
                     f"out of memory at step {st['step']} even at micro_batch 1 with gradient "
                     f"checkpointing ({str(e).splitlines()[0]}); use a smaller tier or fewer frames"
                 ) from e
-            st["ladder"].append(rung)
-            print(f"[oom ladder] {rung}", file=sys.stderr)
+            _record(st, rung)
 
 
-def _step(runner, model, opt, world, cfg, indices, st, device, amp) -> tuple[float, float]:
+def _step(runner, model, opt, world, cfg, indices, st, device, amp) -> StepResult:
+    """One optimizer step over the samples ``indices`` in micro-batches of ``st['micro_batch']``. The
+    optimizer steps only on a finite loss and a finite gradient norm (the loop ends the run otherwise)."""
     if st["step"] in cfg.train.inject_oom_steps and st["step"] not in st["injected"]:
         st["injected"].append(st["step"])  # fault injection for tests: a CUDA OOM the real ladder must handle
         raise torch.OutOfMemoryError(
@@ -550,7 +492,7 @@ def _step(runner, model, opt, world, cfg, indices, st, device, amp) -> tuple[flo
         )
     mb, total = st["micro_batch"], len(indices)
     opt.zero_grad(set_to_none=True)
-    loss_sum = 0.0
+    objective, loss = 0.0, 0.0
     chunks = [
         world.batch("train", indices[s : s + mb], stream_seed=cfg.train.seed) for s in range(0, total, mb)
     ]
@@ -567,13 +509,19 @@ def _step(runner, model, opt, world, cfg, indices, st, device, amp) -> tuple[flo
         batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
         with autocast(device, amp):
             out = runner(batch)
+        if st["step"] in cfg.train.inject_nan_steps:  # fault injection for tests: a diverged step
+            out.loss = out.loss * float("nan")
         (out.loss * weight).backward()
-        loss_sum += float(out.loss.detach()) * weight
+        # FIX (tests/test_train.py::test_train_loss_is_val_loss_quantity_and_train_objective_the_optimised_one):
+        # train_loss was the objective (fine + lambda_coarse * coarse: 4.84 vs val_loss 3.26 at init)
+        read = out.loss_fine if out.loss_fine is not None else out.loss_coarse
+        objective += float(out.loss.detach()) * weight
+        loss += float(read.detach()) * weight
     params = [p for g in opt.param_groups for p in g["params"]]
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm))
-    if math.isfinite(loss_sum):
+    if math.isfinite(objective) and math.isfinite(grad_norm):
         opt.step()
-    return loss_sum, grad_norm
+    return StepResult(objective, loss, grad_norm)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -612,9 +560,15 @@ def main(argv: list[str] | None = None) -> int:
         f"\n{summary['status']}: {summary['steps']} steps, {summary['samples_seen']:,} samples, "
         f"{summary['wall_s']:.1f}s wall"
     )
+    nan = float("nan")
+    coarse = (
+        f"val_loss_coarse (untrained) {summary['val_loss_coarse_untrained']:.4f}"
+        if "val_loss_coarse_untrained" in summary
+        else f"val_loss_coarse {summary.get('val_loss_coarse', nan):.4f}"
+    )
     print(
-        f"val_loss_fine {summary.get('val_loss_fine', float('nan')):.4f} | val_loss_coarse "
-        f"{summary.get('val_loss_coarse', float('nan')):.4f} | loss_ratio {summary.get('loss_ratio', float('nan')):.4f} "
+        f"val_loss_fine {summary.get('val_loss_fine', nan):.4f} | {coarse} | loss_ratio "
+        f"{summary.get('loss_ratio', nan):.4f} "
         f"| attn_entropy coarse {summary.get('attn_entropy_coarse', float('nan')):.3f} fine "
         f"{summary.get('attn_entropy_fine', float('nan')):.3f}"
     )
@@ -629,14 +583,14 @@ def main(argv: list[str] | None = None) -> int:
 def dry_run(cfg: Config) -> int:
     model, world = build(cfg)
     vocab = len(world.tokenizer)
-    fps = accounting.flops_per_sample(cfg, vocab)
-    steps, samples = total_steps(cfg, fps)
+    flops_per_sample = accounting.flops_per_sample(cfg, vocab)
+    steps, samples = total_steps(cfg, flops_per_sample)
     params = accounting.count_params(model)
     mem = accounting.memory_estimate_mb(cfg, params["total"], cfg.train.micro_batch, vocab)
     print(describe(cfg))
     print(
-        f"params {params['total']:,} ({accounting.PARAMS_CONVENTION}) | {fps:.3g} FLOPs/sample | "
-        f"{steps} steps x {cfg.train.batch_size} = {samples:,} samples = {fps * samples:.3g} FLOPs | "
+        f"params {params['total']:,} ({accounting.PARAMS_CONVENTION}) | {flops_per_sample:.3g} FLOPs/sample | "
+        f"{steps} steps x {cfg.train.batch_size} = {samples:,} samples = {flops_per_sample * samples:.3g} FLOPs | "
         f"memory estimate {mem:.0f} MiB at micro_batch {cfg.train.micro_batch} | evals at {eval_steps(cfg, steps)}"
     )
     print(f"config_hash {config_hash(cfg)}")

@@ -1,11 +1,13 @@
 """The synthetic video world: the default training data, generated on the fly, and its tokenizer.
 
+    world = VideoWorld(cfg.world); batch = world.batch("train", range(32), stream_seed=cfg.train.seed)
+
 Each clip is ``T`` RGB frames of ``H x W`` pixels (``cfg.frames``, ``cfg.frame_size``) showing
 
 * a **background**: mid gray (0.5) plus, per clip, a fixed low-frequency luminance texture of amplitude
   ``cfg.clutter`` (a few 1-2 cycle sinusoids, zero mean, the same in every frame and channel). There is
   deliberately **no per-clip tint**: a tint moves the frame mean per video and swamps a small sprite
-  (prototype finding, ../shared/reference/foveation-prototype.md);
+  (a finding of the foveation prototype that preceded this repo);
 * one **target** sprite (``cfg.sprite_size`` pixels square), one of 6 saturated colours x 4 shapes
   (square, ring, plus, x: they differ inside the sprite, not only by outline), which moves ``cfg.speed``
   px/frame in one of 4 directions. With probability ``cfg.turn_prob`` it turns once to a perpendicular

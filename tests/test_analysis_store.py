@@ -24,13 +24,12 @@ import pytest  # noqa: E402
 from analysis import fit_laws  # noqa: E402
 from analysis.laws import compute_optimal  # noqa: E402
 from analysis.store import (  # noqa: E402
-    KEY_COLUMNS,
-    METRICS,
     DataError,
     find_latest_experiment,
     load_store,
     write_store,
 )
+from fvlm.contract import KEY_COLUMNS, METRICS  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 LAW = {"E": 1.5, "A": 60.0, "alpha": 0.34, "B": 90.0, "beta": 0.36}
@@ -399,3 +398,79 @@ def test_trials_a_scheduler_stopped_early_are_stopped_not_running(experiment):
         runs.loc["train_fvlm_pend0", "status"] == "running"
     )  # not in the state file: unknown, still running
     assert runs.loc["div0", "status"] == "diverged"  # a final row wins over Tune's view
+
+
+def _rewrite_rows(exp: Path, edit) -> None:
+    """Apply edit(row) -> row to every result.json line of the fake experiment (a way to vary one field)."""
+    for f in exp.glob("*/result.json"):
+        rows = [
+            json.loads(line)
+            for line in f.read_text().splitlines()
+            if line.strip().startswith("{") and line.strip().endswith("}")
+        ]
+        f.write_text("".join(json.dumps(edit(r)) + "\n" for r in rows))
+
+
+def test_fit_laws_leaves_out_warmup_evals_and_says_how_many(tmp_path, capsys):
+    """Issue 7.6: the step-0 eval is the init model and early evals sit in LR warmup; they entered the fits.
+    Here the second eval of every grid run is flagged in_warmup with a loss far off the law: left out, the law
+    is recovered; counted in fits.json and REPORT.md."""
+    exp = make_fake_experiment(tmp_path / "runs", extra_trials=False)
+
+    def warm(r):
+        if r["step"] == 10:
+            r.update(in_warmup=True, val_loss=r["val_loss"] + 1.0)
+        return r
+
+    _rewrite_rows(exp, warm)
+    rc, _, err = _run_main(["--store", str(exp), "--bootstrap", "0", "--no-plots"], capsys)
+    assert rc == 0, err
+    fits = json.loads((exp / "analysis" / "fits.json").read_text())
+    n_runs = 3 * len(TIER_N)
+    assert fits["source"]["excluded_warmup"] == 2 * n_runs  # the step-0 eval and the flagged one, per run
+    assert fits["parametric"]["n_points"] == (EVALS_PER_RUN - 2) * n_runs
+    assert fits["parametric"]["E"] == pytest.approx(LAW["E"], rel=0.05)
+    assert "inside LR warmup excluded" in (exp / "analysis" / "REPORT.md").read_text()
+    rc, _, _ = _run_main(["--store", str(exp), "--bootstrap", "0", "--no-plots", "--include-warmup"], capsys)
+    fits = json.loads((exp / "analysis" / "fits.json").read_text())
+    assert rc == 0 and fits["source"]["excluded_warmup"] == 0
+    assert fits["parametric"]["n_points"] == (EVALS_PER_RUN - 1) * n_runs  # D = 0 is never a point
+
+
+def test_fit_laws_fits_one_generation_of_a_mixed_experiment(tmp_path, capsys):
+    """Issue 7.2: runs of two base configs in one folder were pooled silently. The newest generation is
+    fitted by default (with a warning), --generation picks one or pools them, an unknown one exits 2."""
+    exp = make_fake_experiment(tmp_path / "runs", extra_trials=False)
+    _rewrite_rows(exp, lambda r: {**r, "generation": "genold", "trial_started_at": 1.0})
+    other = make_fake_experiment(tmp_path / "other", name="grid-fake", extra_trials=False)
+    _rewrite_rows(
+        other,
+        lambda r: {
+            **r,
+            "generation": "gennew",
+            "trial_started_at": 2.0,
+            "trial_id": "n" + r["trial_id"],
+            "val_loss": r["val_loss"] + 0.5,
+        },
+    )
+    for d in other.iterdir():
+        if d.is_dir():
+            d.rename(exp / ("new_" + d.name))
+    rc, _, err = _run_main(["--store", str(exp), "--bootstrap", "0", "--no-plots"], capsys)
+    assert rc == 0, err
+    fits = json.loads((exp / "analysis" / "fits.json").read_text())
+    assert fits["source"]["generation"] == "gennew" and fits["source"]["generations"] == ["gennew", "genold"]
+    assert any("holds 2 generations" in w for w in fits["warnings"])
+    assert fits["parametric"]["E"] == pytest.approx(LAW["E"] + 0.5, rel=0.05)
+    rc, _, _ = _run_main(
+        ["--store", str(exp), "--bootstrap", "0", "--no-plots", "--generation", "genold"], capsys
+    )
+    fits = json.loads((exp / "analysis" / "fits.json").read_text())
+    assert rc == 0 and fits["parametric"]["E"] == pytest.approx(LAW["E"], rel=0.05)
+    rc, _, _ = _run_main(
+        ["--store", str(exp), "--bootstrap", "0", "--no-plots", "--generation", "all"], capsys
+    )
+    fits = json.loads((exp / "analysis" / "fits.json").read_text())
+    assert rc == 0 and any("2 generations pooled" in w for w in fits["warnings"])
+    rc, _, err = _run_main(["--store", str(exp), "--generation", "nope"], capsys)
+    assert rc == 2 and "--generation nope: not in the store" in err and len(err.strip().splitlines()) == 1

@@ -15,6 +15,7 @@ import torch
 import yaml
 
 from fvlm.config import (
+    EXECUTION_FIELDS,
     Config,
     ConfigError,
     config_hash,
@@ -22,6 +23,7 @@ from fvlm.config import (
     flatten,
     load_config,
     load_tiers,
+    lr_key,
     to_dict,
 )
 
@@ -249,6 +251,59 @@ def test_config_hash_is_stable_and_sensitive(tmp_path):
         "train.eval_samples=128",
     ):
         assert config_hash(load_config(BASE, ["model.scale=1", override])) != config_hash(a), override
+
+
+def test_execution_only_fields_do_not_change_the_cell():
+    """Issue 7.2: a cell packed at another micro-batch or run with other threads is the same cell (it was a
+    new hash, so a grid rerun trained completed cells again), while the science and the code version are."""
+    a = load_config(BASE, ["model.scale=1"])
+    execution = [
+        "train.micro_batch=8",
+        "train.threads=2",
+        "train.device=cpu",
+        "train.keep_last=5",
+        "train.compile=true",
+        "train.inject_oom_eval_steps=[3]",
+        "model.gradient_checkpointing=true",
+    ]
+    for override in execution:
+        assert config_hash(load_config(BASE, ["model.scale=1", override])) == config_hash(a), override
+    assert config_hash(load_config(BASE, ["model.scale=1", *execution])) == config_hash(a)
+    assert {o.split("=")[0] for o in execution} <= set(EXECUTION_FIELDS)
+
+
+def test_config_hash_carries_the_code_version(monkeypatch):
+    """Issue 7.2: results made under an older meaning of the rows (contract or world version) must not be
+    reused as current, so the versions are part of the hash."""
+    import fvlm.contract
+    import fvlm.world
+
+    cfg = load_config(BASE, ["model.scale=1"])
+    h = config_hash(cfg)
+    monkeypatch.setattr(fvlm.contract, "CONTRACT_VERSION", fvlm.contract.CONTRACT_VERSION + 1)
+    assert config_hash(cfg) != h
+    monkeypatch.undo()
+    monkeypatch.setattr(fvlm.world, "WORLD_VERSION", fvlm.world.WORLD_VERSION + 1)
+    assert config_hash(cfg) != h
+
+
+def test_lr_key_ignores_length_and_seed_but_not_the_model():
+    """Issue 7.2: best_lr.json was keyed by tier name only, so an LR swept for one world or base config was
+    reused for another. The key is the science hash without LR, seed, length and eval settings."""
+    a = load_config(BASE, ["model.scale=1", "train.budget_flops=1e11", "train.steps=0"])
+    for override in ("train.seed=3", "train.budget_flops=4e11", "train.lr=0.01", "train.eval_points=3"):
+        assert lr_key(
+            load_config(BASE, ["model.scale=1", "train.budget_flops=1e11", "train.steps=0", override])
+        ) == lr_key(a)
+    for override in (
+        "world.distractor_style=colored",
+        "model.scale=2",
+        "train.batch_size=16",
+        "model.deep_query=false",
+    ):
+        assert lr_key(
+            load_config(BASE, ["model.scale=1", "train.budget_flops=1e11", "train.steps=0", override])
+        ) != lr_key(a), override
 
 
 def test_every_field_has_a_default_and_a_comment():

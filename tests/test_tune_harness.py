@@ -17,8 +17,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from analysis.store import KEY_COLUMNS, METRICS, load_store
-from tune import ablate, lr_sweep, scaling_grid
+from analysis.store import load_store
+from fvlm.contract import KEY_COLUMNS, METRICS
+from tune import ablate, flags, lr_sweep, scaling_grid
 from tune.resources import analytic_memory_mb
 
 REPO = Path(__file__).resolve().parent.parent
@@ -72,15 +73,67 @@ def test_lr_sweep_dry_run_shows_the_range_and_starts_nothing(tmp_path, capsys):
     assert not any(tmp_path.iterdir())
 
 
-def test_lr_from_a_sweep_file_is_used_and_stored(tmp_path, capsys):
+def _grid_lr_key(tmp_path, tier: int, extra: list[str] = ()) -> str:
+    """The lr_key of a smoke grid cell of `tier` (what lr_sweep.py writes for the same config)."""
+    from fvlm.config import lr_key
+
+    args = scaling_grid.build_parser().parse_args([*SMOKE, "--storage", str(tmp_path), *extra])
+    cells, _ = scaling_grid.grid_cells(flags.Context.from_args(args, "grid"))
+    return lr_key(next(c for c in cells if c.tier == f"s{tier}").cfg)
+
+
+def test_lr_from_a_sweep_file_is_used_only_for_the_config_it_was_swept_for(tmp_path, capsys):
+    """Issue 7.2: best_lr.json was keyed by tier name only, so an LR swept for one world was silently used
+    for another. Now an entry is found by the cell's lr_key; an entry of another config is named and unused."""
     lr_dir = tmp_path / "lr-cpu-smoke"
     lr_dir.mkdir()
+    key = _grid_lr_key(tmp_path, 1)
+    other = _grid_lr_key(tmp_path, 2, ["--set", "world.distractor_style=colored"])  # s2, another world
+    entry = {"lr": 0.0123, "source": "test sweep", "dial_lr": 0.004}
     (lr_dir / "best_lr.json").write_text(
-        json.dumps({"s1": {"lr": 0.0123, "source": "test sweep", "dial_lr": 0.004}})
+        json.dumps({key: {**entry, "tier": "s1"}, other: {**entry, "lr": 0.0456, "tier": "s2"}})
     )
     assert scaling_grid.main([*SMOKE, "--storage", str(tmp_path), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "0.0123 (lr_sweep)" in out and "(dial)" in out  # s1 from the sweep, s2 from the dial
+    assert "0.0456" not in out and "has an LR for s2 swept under another config" in out
+    # an old file keyed by tier name is not used either (it cannot say which config it was swept for)
+    (lr_dir / "best_lr.json").write_text(json.dumps({"s1": entry}))
+    assert scaling_grid.main([*SMOKE, "--storage", str(tmp_path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "(lr_sweep)" not in out and "lr_key missing: an older file" in out
+
+
+def test_an_ablation_arm_equal_to_the_baseline_is_refused_before_anything_runs(tmp_path, capsys):
+    """Issue 7.1 (upstream's "A1 = baseline" bug): --set on the ablated key overrode every arm, and the plan
+    showed six cells with identical FLOPs. Each way to make an arm equal to the baseline exits 2, one line."""
+    common = [*SMOKE, "--storage", str(tmp_path), "--dry-run", "--log", str(tmp_path / "LOG.md")]
+    cases = [
+        (["--param", "deep_query", "--set", "model.deep_query=false"], "give the variants with --values"),
+        (["--param", "deep_query", "--values", "true"], "equals the baseline's value (true"),
+        (["--param", "fine_iters", "--values", "2", "2.0"], "are the same experiment"),
+        (["--param", "lambda_coarse", "--values", "0.5"], "equals the baseline's value (0.5"),
+    ]
+    for extra, expected in cases:
+        assert ablate.main([*extra, *common]) == 2, extra
+        err = capsys.readouterr().err.strip()
+        assert expected in err and len(err.splitlines()) == 1, (extra, err)
+    checklist = tmp_path / "ablations.yaml"
+    checklist.write_text(
+        "bad:\n  key: model.deep_query\n  values: [false]\n  context: {model.deep_query: false}\n"
+        "  hypothesis: x\n"
+    )
+    assert ablate.main(["--param", "bad", "--ablations", str(checklist), *common]) == 2
+    assert "sets its own key model.deep_query in `context`" in capsys.readouterr().err
+    assert scaling_grid.main([*SMOKE, "--storage", str(tmp_path), "--dry-run", "--tiers", "1,1"]) == 2
+    assert "are the same experiment" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ablations.yaml"]  # nothing written
+    # the honest ablation plans two arms with different FLOPs per sample (shallow reads the last layer)
+    assert ablate.main(["--param", "deep_query", *common]) == 0
+    flops = {
+        line.split()[0]: line.split()[4] for line in capsys.readouterr().out.splitlines() if "_seed" in line
+    }
+    assert flops["deep_query_baseline_seed0"] != flops["deep_query_false_seed0"]
 
 
 # ----------------------------------------------------------------------------- real trials
@@ -104,11 +157,25 @@ def test_smoke_grid_end_to_end_then_skips_complete_cells(ray_cluster, tmp_path, 
     capsys.readouterr()
     before = trial_dirs(exp)
     assert scaling_grid.main(args) == 0
-    assert "all 4 cell(s) already complete" in capsys.readouterr().out
+    assert "all 4 cell(s) already settled" in capsys.readouterr().out
     assert trial_dirs(exp) == before
     assert scaling_grid.main([*args, "--schedule", "wsd", "--dry-run"]) == 2  # mixing needs a flag
     assert "--mix-schedules" in capsys.readouterr().err
     assert scaling_grid.main([*args, "--schedule", "wsd", "--dry-run", "--mix-schedules"]) == 0
+    # issue 7.2: every run records its base config, --set and generation; another generation is noticed
+    ctx = flags.Context.from_args(scaling_grid.build_parser().parse_args(args), "grid")
+    assert set(runs["generation"]) == {ctx.generation} and set(evals["generation"]) == {ctx.generation}
+    assert set(runs["config.meta.base_config"]) == {str(REPO / "configs" / "base.yaml")}
+    assert set(runs["config.meta.sets"]) == {"{}"}
+    capsys.readouterr()
+    other = [*args, "--set", "world.noise=0.05", "--dry-run"]
+    assert scaling_grid.main(other) == 0
+    out = capsys.readouterr().out
+    assert f"already holds runs of another base config or --set: {ctx.generation} (4 runs" in out
+    assert "--generation" in out and "4 cell(s) to run" in out  # a new generation: its own cells
+    assert scaling_grid.main([*other, "--strict"]) == 2
+    err = capsys.readouterr().err
+    assert "already holds runs of another base config" in err and "--name" in err
 
 
 def test_injected_oom_walks_the_ladder_and_completes(ray_cluster, tmp_path):
@@ -133,6 +200,27 @@ def test_injected_oom_walks_the_ladder_and_completes(ray_cluster, tmp_path):
     assert "step 2: OOM -> micro_batch 4 x grad_accum 2" in final["ladder"]
     early = evals[evals["step"] < 2]
     assert (early["micro_batch"] == 8).all() and (early["oom_retries"] == 0).all()
+
+
+def test_diverged_is_a_final_outcome_and_the_exit_code_covers_this_run(ray_cluster, tmp_path, capsys):
+    """Issue 7.3: a diverged cell was rerun by every later command and made it exit 1 (speedrun.sh stopped).
+    Now diverged/oom are settled outcomes (rerun only with --retry-failed), listed in the summary, exit 0;
+    a cell that fails with an error exits 1."""
+    args = [*SMOKE, "--storage", str(tmp_path / "a"), "--tiers", "1", "--budgets", "2.4e9"]
+    assert scaling_grid.main([*args, "--set", "train.inject_nan_steps=[1]"]) == 0
+    out = capsys.readouterr().out
+    assert "1 diverged" in out and "non-finite" in out
+    exp = tmp_path / "a" / "grid-cpu-smoke"
+    assert len(trial_dirs(exp)) == 1
+    assert scaling_grid.main(args) == 0  # the same cell (the injection is not part of its identity)
+    out = capsys.readouterr().out
+    assert "already settled" in out and "1 diverged" in out and len(trial_dirs(exp)) == 1
+    assert scaling_grid.main([*args, "--retry-failed"]) == 0
+    _, runs = load_store(exp)
+    assert sorted(runs["status"]) == ["complete", "diverged"] and "1 complete" in capsys.readouterr().out
+    bad = [*SMOKE, "--storage", str(tmp_path / "b"), "--tiers", "1", "--budgets", "2.4e9"]
+    assert scaling_grid.main([*bad, "--set", f"model.tokenizer_path={tmp_path / 'missing'}"]) == 1
+    assert "failed" in capsys.readouterr().out
 
 
 def test_quarter_card_cells_run_four_at_a_time(ray_cluster, tmp_path, capsys):
@@ -191,6 +279,18 @@ def test_ablation_smoke_appends_a_verdict_row(ray_cluster, tmp_path, capsys):
     _, runs = load_store(tmp_path / "ablate-deep_query-cpu-smoke")
     assert sorted(runs["arm"].unique()) == ["baseline", "false"]
     assert runs.groupby("arm")["seed"].apply(sorted).tolist() == [[0, 1, 2], [0, 1, 2]]
+    # issue 7.4: the same command again runs nothing and appends no duplicate row ...
+    assert ablate.main(args) == 0
+    assert "already there (not appended again)" in capsys.readouterr().out
+    assert log.read_text() == text
+    # ... and another --set in the same folder neither crashes (pairing mixed its seeds) nor pools the runs
+    assert ablate.main([*args, "--set", "world.noise=0.05"]) == 0
+    out = capsys.readouterr().out
+    assert "already holds runs of another base config or --set" in out and "3 paired seeds" in out
+    rows = [line for line in log.read_text().splitlines() if "ablate-deep_query-cpu-smoke" in line]
+    assert len(rows) == 2 and "every arm world.noise=0.05" in rows[1]
+    _, runs = load_store(tmp_path / "ablate-deep_query-cpu-smoke")
+    assert len(runs) == 12 and runs["generation"].nunique() == 2
 
 
 def test_wandb_offline_keeps_its_files_in_the_experiment(ray_cluster, tmp_path, monkeypatch):
@@ -204,8 +304,11 @@ def test_wandb_offline_keeps_its_files_in_the_experiment(ray_cluster, tmp_path, 
 @pytest.mark.slow
 def test_lr_sweep_smoke_writes_best_lr_for_the_grid(ray_cluster, tmp_path, capsys):
     assert lr_sweep.main([*SMOKE, "--storage", str(tmp_path)]) == 0
-    best = json.loads((tmp_path / "lr-cpu-smoke" / "best_lr.json").read_text())
-    assert set(best) == {"s1"} and best["s1"]["lr"] > 0 and "lr-cpu-smoke/s1 trial" in best["s1"]["source"]
+    table = json.loads((tmp_path / "lr-cpu-smoke" / "best_lr.json").read_text())
+    key = _grid_lr_key(tmp_path, 1)  # the sweep's cell and the grid's s1 cells share their lr_key
+    assert set(table) == {key} and table[key]["tier"] == "s1" and table[key]["lr_key"] == key
+    best = {"s1": table[key]}
+    assert best["s1"]["lr"] > 0 and "lr-cpu-smoke/s1 trial" in best["s1"]["source"]
     _, runs = load_store(tmp_path / "lr-cpu-smoke" / "s1")
     assert len(runs) == 3 and (runs["status"] == "complete").sum() >= 1
     assert abs(runs.sort_values("trial_id")["config.train.lr"].iloc[0] - best["s1"]["dial_lr"]) >= 0  # ran
@@ -301,3 +404,30 @@ def test_sigkill_mid_grid_then_resume_reruns_nothing_complete(tmp_path):
     logs = "".join((d / "train.log").read_text() for d in trial_dirs(exp) if (d / "train.log").exists())
     assert "resumed from" in logs  # the midway trial continued from its checkpoint (its log goes on)
     assert final_rows(exp).groupby("trial_id").size().eq(1).all()
+
+
+def test_outcome_of_a_cell_is_its_newest_trial_and_a_stale_running_one_does_not_count():
+    """Issue 7.3: the exit code counted every trial in the store, so a trial a killed driver left `running`
+    made every later run exit 1. The outcome per cell is its newest trial (or a settled one)."""
+    from tune.progress import cell_outcomes
+
+    runs = pd.DataFrame(
+        {
+            "trial_id": ["old", "new", "div", "gone"],
+            "config_hash": ["a", "a", "b", "c"],
+            "status": ["running", "complete", "diverged", "failed"],
+            "trial_started_at": [1.0, 2.0, 1.5, 3.0],
+            "error": [None, None, "non-finite loss nan at step 3", "Traceback\nValueError: boom"],
+        }
+    )
+    got = {
+        o["name"]: o
+        for o in cell_outcomes(runs, {"a": "cell_a", "b": "cell_b", "c": "cell_c", "d": "cell_d"})
+    }
+    assert got["cell_a"]["status"] == "complete" and got["cell_a"]["trial_id"] == "new"
+    assert got["cell_b"]["status"] == "diverged" and "non-finite" in got["cell_b"]["error"]
+    assert got["cell_c"]["status"] == "failed" and got["cell_c"]["error"] == "ValueError: boom"
+    assert got["cell_d"]["status"] == "missing"
+    # a killed driver's stale trial of a cell that a later run completed is ignored even when it is newer
+    runs.loc[0, "trial_started_at"] = 9.0
+    assert cell_outcomes(runs, {"a": "cell_a"})[0]["status"] == "complete"

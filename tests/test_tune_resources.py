@@ -8,15 +8,15 @@ import pytest
 from fvlm import accounting
 from fvlm.config import load_config
 from fvlm.train import build
-from tune import ablate
-from tune import experiment as ex
+from tune import ablate, flags
+from tune import plan as planning
 from tune.resources import CellTooLarge, analytic_memory_mb, plan_resources, trials_per_gpu
 
 SMOKE = {"train.batch_size": 8, "train.steps": 4, "world.val_size": 64}
 
 
 def cfg(**over):
-    return load_config(ex.BASE_YAML, {**SMOKE, **{k.replace("__", "."): v for k, v in over.items()}})
+    return load_config(flags.BASE_YAML, {**SMOKE, **{k.replace("__", "."): v for k, v in over.items()}})
 
 
 def test_trials_per_gpu_is_a_power_of_two_that_fits():
@@ -69,8 +69,8 @@ def test_cpu_plan_one_thread_per_core():
 
 
 def test_makespan_is_longest_first():
-    assert ex.makespan([4, 3, 3, 2], 2) == 6
-    assert ex.makespan([], 2) == 0
+    assert planning.makespan([4, 3, 3, 2], 2) == 6
+    assert planning.makespan([], 2) == 0
 
 
 def test_set_yaml_value_keeps_comments_and_adds_missing_keys():
@@ -84,7 +84,7 @@ def test_set_yaml_value_keeps_comments_and_adds_missing_keys():
 
 
 def test_fmt_value_is_the_yaml_a_user_types():
-    assert [ex.fmt_value(v) for v in (False, None, 0.5, "coarse_only", 2)] == [
+    assert [flags.fmt_value(v) for v in (False, None, 0.5, "coarse_only", 2)] == [
         "false",
         "null",
         "0.5",
@@ -103,8 +103,8 @@ def test_promote_writes_a_significant_winner_and_only_then(tmp_path, capsys):
     from analysis.verdicts import paired_verdict
 
     base = tmp_path / "base.yaml"
-    base.write_text(ex.BASE_YAML.read_text())
-    ctx = ex.Context.from_args(
+    base.write_text(flags.BASE_YAML.read_text())
+    ctx = flags.Context.from_args(
         ablate.build_parser().parse_args(["--preset", "cpu", "--config", str(base)]), "ablate"
     )
     worse = paired_verdict([1.0, 1.1, 1.2], [1.5, 1.61, 1.69], param="model.deep_query", arm="false")

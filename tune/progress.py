@@ -16,6 +16,8 @@ from pathlib import Path
 
 from ray import tune
 
+from fvlm.contract import SETTLED_STATUSES
+
 
 def _fmt_s(s: float) -> str:
     if not math.isfinite(s):
@@ -87,20 +89,65 @@ class Progress(tune.Callback):
         )
 
 
-def summarize(exp_dir: Path, t0: float, concurrency: int | None) -> int:
-    """Write the store; print statuses, cost and Ray overhead of this run (started at epoch `t0`).
+def cell_outcomes(runs, cells: dict[str, str]) -> list[dict]:
+    """{name, hash, status, error, trial_id} per cell of an invocation: the newest trial of each config hash
+    (a trial a killed driver left `running` is older than its rerun, so it does not count); `missing` when
+    the store has no trial of that hash."""
+    import pandas as pd
 
-    Exit code 0 when every trial in the store completed, else 1."""
+    out = []
+    for h, name in cells.items():
+        mine = (
+            runs[runs["config_hash"].astype(str) == h]
+            if len(runs) and "config_hash" in runs
+            else runs.iloc[:0]
+        )
+        if not len(mine):
+            out.append(
+                {"name": name, "hash": h, "status": "missing", "error": "no trial ran", "trial_id": None}
+            )
+            continue
+        started = pd.to_numeric(
+            mine.get("trial_started_at", pd.Series(0.0, index=mine.index)), errors="coerce"
+        )
+        if mine["status"].astype(str).isin(SETTLED_STATUSES).any():  # a settled trial (e.g. skipped as done)
+            settled = mine[mine["status"].astype(str).isin(SETTLED_STATUSES)]
+            started = started[settled.index]
+            mine = settled
+        r = mine.loc[started.fillna(-1.0).idxmax()]
+        err = r.get("error")
+        err = "" if err is None or (isinstance(err, float) and math.isnan(err)) else str(err)
+        first = next((x.strip() for x in reversed(err.splitlines()) if x.strip()), "")
+        out.append(
+            {"name": name, "hash": h, "status": str(r["status"]), "error": first, "trial_id": r["trial_id"]}
+        )
+    return out
+
+
+def summarize(exp_dir: Path, t0: float, concurrency: int | None, cells: dict[str, str] | None = None) -> int:
+    """Write the store; print this invocation's outcomes, cost and Ray overhead (run started at epoch `t0`).
+
+    `cells` maps config hash -> cell name for this invocation (None: every trial in the store). Exit code 0
+    when every cell reached a settled outcome (complete, diverged, oom), 1 when any failed or is missing."""
     from analysis.store import load_store, write_store
 
     wall_s = time.time() - t0
     store = write_store(exp_dir)
     evals, runs = load_store(store)
-    counts = runs["status"].value_counts().to_dict() if len(runs) else {}
+    if cells is None:
+        cells = {str(h): str(h) for h in runs.get("config_hash", []) if isinstance(h, str)}
+    outcomes = cell_outcomes(runs, cells)
+    counts: dict[str, int] = {}
+    for o in outcomes:
+        counts[o["status"]] = counts.get(o["status"], 0) + 1
     print(
-        f"\n{exp_dir.name}: {len(runs)} trial(s) in the store: "
+        f"\n{exp_dir.name}: {len(outcomes)} cell(s) in this run: "
         + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        + (f" ({len(runs)} trial(s) in the store in all)" if len(runs) != len(outcomes) else "")
     )
+    for o in outcomes:
+        if o["status"] != "complete":
+            print(f"  {o['status']:<9} {o['name']}" + (f": {o['error'][:200]}" if o["error"] else ""))
     this_run = evals[evals["trial_started_at"] >= t0] if "trial_started_at" in evals else evals.iloc[:0]
     trial_s = float(this_run.groupby("trial_id")["wall_s"].max().sum()) if len(this_run) else 0.0
     if concurrency:
@@ -111,7 +158,7 @@ def summarize(exp_dir: Path, t0: float, concurrency: int | None) -> int:
             f"({this_run['trial_id'].nunique()} trials) | slot utilisation {100 * busy:.0f}% | "
             f"Ray overhead ~{wall_s - trial_s / concurrency:.0f}s"
         )
-    else:
+    elif len(this_run):
         print(f"wall {wall_s:.0f}s | summed in-trial time {trial_s:.0f}s")
     print(f"store: {store}")
-    return 0 if all(s == "complete" for s in counts) else 1
+    return 0 if all(o["status"] in SETTLED_STATUSES for o in outcomes) else 1

@@ -22,7 +22,6 @@ fewer cells than cores; concurrency is also bounded by RAM (~0.6 GB per Ray work
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from dataclasses import dataclass, field
 import torch
 
 from fvlm import accounting
-from fvlm.config import Config, config_hash, tier_values
+from fvlm.config import Config, tier_values
 
 CUDA_CONTEXT_MB = (
     600.0  # ASSUMPTION: CUDA context + cuBLAS workspace per process, outside the caching allocator
@@ -83,79 +82,9 @@ class Plan:
 # ----------------------------------------------------------------------------- memory of one cell
 
 
-def _pretrained_vocab(llm_path: str) -> int | None:
-    """vocab_size of a pretrained LLM from its config.json (a local folder or the HF cache; never a download)."""
-    import json
-    from pathlib import Path
-
-    cfg_file = Path(llm_path) / "config.json"
-    if not cfg_file.is_file():
-        try:
-            from huggingface_hub import try_to_load_from_cache
-
-            found = try_to_load_from_cache(llm_path, "config.json")
-        except Exception:  # noqa: BLE001 - any hub trouble just means "unknown"
-            found = None
-        if not isinstance(found, str):
-            return None
-        cfg_file = Path(found)
-    return int(json.loads(cfg_file.read_text()).get("vocab_size", 0)) or None
-
-
-def _model_key(cfg: Config) -> str:
-    """Hash of what decides the model's size (the training length and seed do not)."""
-    probe = dataclasses.replace(
-        cfg, train=dataclasses.replace(cfg.train, budget_flops=0.0, steps=1, samples=0, seed=0)
-    )
-    return config_hash(probe)
-
-
-_PARAMS_CACHE: dict[str, tuple[int, int, str]] = {}
-
-
-def _params_and_vocab(cfg: Config) -> tuple[int, int, str]:
-    """(parameters, vocab, note) without loading weights: random init with the same dimensions."""
-    key = _model_key(cfg)
-    if key not in _PARAMS_CACHE:
-        _PARAMS_CACHE[key] = _count_params(cfg)
-    return _PARAMS_CACHE[key]
-
-
-def _count_params(cfg: Config) -> tuple[int, int, str]:
-    from fvlm.model import FoveatedVLM
-    from fvlm.world import VideoWorld
-
-    world = VideoWorld(cfg.world)
-    vocab = len(world.tokenizer)
-    note = ""
-    llm_vocab = vocab
-    if cfg.model.llm_path:
-        llm_vocab = _pretrained_vocab(cfg.model.llm_path) or vocab
-        note = (
-            "" if llm_vocab != vocab else f" (vocab of {cfg.model.llm_path} unknown offline; assumed {vocab})"
-        )
-    m = dataclasses.replace(cfg.model, llm_path="", dino_path="", vae_path="", visual_scale=1.0)
-    tok = world.tokenizer
-    special = {
-        "bos_token_id": tok.bos_token_id,
-        "eos_token_id": tok.eos_token_id,
-        "pad_token_id": tok.pad_token_id,
-    }
-    try:  # meta device: no memory, no init time
-        with torch.device("meta"):
-            model = FoveatedVLM(m, cfg.world, llm_vocab, special)
-    except (RuntimeError, NotImplementedError):
-        # fvlm/model.py measures the embedding std at init, which a meta tensor cannot do: build it for real
-        with torch.random.fork_rng(devices=[]):
-            model = FoveatedVLM(m, cfg.world, llm_vocab, special)
-    params = accounting.count_params(model)["total"]
-    del model
-    return params, vocab, note
-
-
 def analytic_memory_mb(cfg: Config, micro_batch: int | None = None) -> tuple[float, int, str]:
     """(peak MiB, params, note) from fvlm.accounting.memory_estimate_mb at `micro_batch` (default: the config's)."""
-    params, vocab, note = _params_and_vocab(cfg)
+    params, vocab, note = accounting.params_from_config(cfg)
     mb = micro_batch or cfg.train.micro_batch
     return accounting.memory_estimate_mb(cfg, params, mb, vocab), params, note
 
@@ -248,11 +177,11 @@ def plan_resources(
 
     probed: dict[str, float] = {}
     if probe:
-        keys = {_model_key(c): c for c in cfgs}
+        keys = {accounting.model_key(c): c for c in cfgs}
         probed = probe_on_cluster(keys, {k: c.train.micro_batch for k, c in keys.items()})
 
     def measure(cfg: Config, mb: int) -> float:
-        key = _model_key(cfg)
+        key = accounting.model_key(cfg)
         if probe and mb == cfg.train.micro_batch and key in probed:
             return probed[key]
         if probe:  # a lowered micro-batch: scale the measured activations by the analytic ratio

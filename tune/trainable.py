@@ -5,7 +5,8 @@
     tune.Tuner(TRAINABLE_NAME, param_space=...)  # or tune.Tuner.restore(path, trainable=TRAINABLE_NAME)
 
 A trial's config is the result-store contract (ARCHITECTURE.md section 6): dotted fvlm overrides plus
-``meta.*`` keys (kind, arm, experiment, base_config, threads, gpu_fraction, mem_cap, lr_source, cell). The
+``meta.*`` keys (kind, arm, experiment, cell, base_config, generation, sets, threads, gpu_fraction, mem_cap,
+lr_source). The
 ``meta.*`` keys are stripped before ``fvlm.config.load_config``. Paths are absolute: a trial's working
 directory is a Ray temp folder, not the driver's.
 
@@ -29,7 +30,8 @@ from ray import tune
 
 from fvlm import accounting
 from fvlm.config import load_config
-from fvlm.train import FINAL_STATUSES, pick_device, total_steps, train
+from fvlm.contract import FINAL_STATUSES
+from fvlm.train import pick_device, total_steps, train
 from fvlm.world import VideoWorld
 
 TRAINABLE_NAME = "fvlm"  # fixed: Tuner.restore finds the trainable by this name
@@ -61,14 +63,16 @@ def fvlm_trainable(config: dict) -> None:
         from tune.resources import cap_process_memory
 
         cap_process_memory(float(meta["mem_cap"]))
-    fps = accounting.flops_per_sample(cfg, len(VideoWorld(cfg.world).tokenizer))
-    steps, samples = total_steps(cfg, fps)
+    flops_per_sample = accounting.flops_per_sample(cfg, len(VideoWorld(cfg.world).tokenizer))
+    steps, samples = total_steps(cfg, flops_per_sample)
     extras = {
         "experiment": meta.get("experiment", ""),
         "kind": meta.get("kind", ""),
         "arm": meta.get("arm", ""),
         "cell": meta.get("cell", ""),
-        "budget_flops": cfg.train.budget_flops or samples * fps,  # planned compute when set by steps
+        "generation": meta.get("generation", ""),
+        "budget_flops": cfg.train.budget_flops
+        or samples * flops_per_sample,  # planned compute if set by steps
         "total_steps": steps,
         "lr_source": meta.get("lr_source", ""),
         "threads": threads,
@@ -126,7 +130,7 @@ def trial_log_path(meta: dict, trial_id: str) -> Path:
     resumed trial appends to the same file. Falls back to a temp file without meta.exp_dir."""
     if not meta.get("exp_dir"):
         return Path(tempfile.gettempdir()) / f"fvlm-{trial_id}.log"
-    # the folder name is tune.experiment.trial_dirname's
+    # the folder name is tune.runner.trial_dirname's
     trial_dir = Path(meta["exp_dir"]) / f"{meta.get('cell', 'trial')}_{trial_id}"
     trial_dir.mkdir(parents=True, exist_ok=True)
     return trial_dir / "train.log"
