@@ -79,8 +79,15 @@ def chance_levels(evals: pd.DataFrame, metrics: list[str]) -> dict[str, tuple[fl
                     "target's share of the patches",
                 )
         elif m.startswith("attn_entropy_"):
+            col = m.replace("attn_entropy_", "attn_entropy_uniform_")
+            uniform = _num(evals[col]).dropna() if col in evals else pd.Series(dtype=float)
             keys = _keys_per_read(evals)
-            if keys:
+            if len(uniform):
+                out[m] = (
+                    float(uniform.median()),
+                    f"uniform attention over {round(math.exp(uniform.median()))} keys",
+                )
+            elif keys:
                 out[m] = (math.log(keys), f"uniform attention over {keys} keys")
     return out
 

@@ -192,7 +192,19 @@ def _config_section(a: Analysis) -> list[str]:
         )
     runs = a.runs
     if runs is not None and len(runs):
-        cfg = [c for c in runs.columns if c.startswith("config.")]
+        origin = [
+            f"{name} {', '.join(f'`{v}`' for v in sorted(runs[col].dropna().astype(str).unique())[:4])}"
+            for name, col in (
+                ("base config", "config.meta.base_config"),
+                ("--set", "config.meta.sets"),
+                ("generation", "config.meta.generation"),
+            )
+            if col in runs.columns and runs[col].notna().any()
+        ]
+        if origin:
+            lines.append("- runs made from: " + "; ".join(origin))
+        # the trial's own bookkeeping (meta.cell, meta.config_hash, resources) is not configuration
+        cfg = [c for c in runs.columns if c.startswith("config.") and not c.startswith("config.meta.")]
         const = {c[7:]: runs[c].iloc[0] for c in cfg if runs[c].astype(str).nunique() == 1}
         varying = {
             c[7:]: sorted(runs[c].astype(str).unique()) for c in cfg if runs[c].astype(str).nunique() > 1

@@ -504,7 +504,7 @@ def _row_key(line: str) -> str | None:
 
 
 def append_log(log_path, row: str) -> bool:
-    """Append a row to LOG.md, writing the ablation table header first if the file lacks it.
+    """Append a row to LOG.md; a table header first unless the file ends with a table row.
 
     A row that is already in the file (equal once the date cell is ignored) is not appended again.
     Returns True if the row was appended, False if it was skipped as a duplicate.
@@ -514,15 +514,12 @@ def append_log(log_path, row: str) -> bool:
     key = _row_key(row)
     if key is not None and any(_row_key(line) == key for line in text.splitlines()):
         return False
-    add = ""
-    if LOG_HEADER not in text:
-        if text and not text.endswith("\n"):
-            add += "\n"
-        if text.strip():
-            add += "\n"
-        add += LOG_HEADER + "\n" + LOG_RULE + "\n"
-    elif text and not text.endswith("\n"):
-        add += "\n"
+    add = "\n" if text and not text.endswith("\n") else ""
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines or not lines[-1].lstrip().startswith("|"):
+        # a table needs its header right above its rows: after a paragraph, markdown would read the row as
+        # text, so a new table starts (the log is append-only, notes go between the tables)
+        add += ("\n" if text.strip() else "") + LOG_HEADER + "\n" + LOG_RULE + "\n"
     add += row.rstrip("\n") + "\n"
     with open(path, "a", encoding="utf-8") as fh:
         fh.write(add)

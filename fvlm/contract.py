@@ -80,6 +80,8 @@ OPTIONAL_METRICS = [
     "train_infer_gap",  # final row: val_loss_ar - val_loss_fine
     "attn_on_target_chance_coarse",  # the target's share of the patches: chance level of attn_on_target
     "attn_on_target_chance_fine",
+    "attn_entropy_uniform_coarse",  # ln(keys): the entropy of uniform attention, the baseline of attn_entropy
+    "attn_entropy_uniform_fine",
     "samples_json",  # final row: held-out clips, true vs predicted captions and attention maps
     "error",
 ]

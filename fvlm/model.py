@@ -31,6 +31,7 @@ Init: every submodule is built under its own seed derived from (``seed``, module
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -337,6 +338,9 @@ class FoveatedVLM(nn.Module):
             if attn is None:
                 continue
             out.stats[f"attn_entropy_{name}"] = float(attention_entropy(attn.detach()))
+            out.stats[f"attn_entropy_uniform_{name}"] = math.log(
+                attn.shape[-1]
+            )  # baseline: uniform attention
             if boxes is not None:
                 mask = box_patch_mask(boxes, grids[name], self.frame_size).flatten(0, 1)
                 out.stats[f"attn_on_target_{name}"] = float(

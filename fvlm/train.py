@@ -124,11 +124,15 @@ def total_steps(cfg: Config, flops_per_sample: float) -> tuple[int, int]:
 
 
 def eval_steps(cfg: Config, steps: int) -> list[int]:
+    """Step 0 (the init model, a reference) plus `eval_points` evaluations after LR warmup, log- or
+    linearly spaced up to the last step. Evals inside warmup are no scaling points (they carry in_warmup
+    and no fit uses them), so spending the log-spaced points there left a small cell with half a curve."""
     n = cfg.train.eval_points
+    first = min(steps, int(steps * cfg.train.warmup_ratio) + 1)  # the first step after warmup
     if cfg.train.eval_spacing == "log":
-        points = np.geomspace(1, steps, n)
+        points = np.geomspace(first, steps, n)
     else:
-        points = np.linspace(steps / n, steps, n)
+        points = np.linspace(max(first, steps / n), steps, n)
     return sorted({0, steps, *(int(round(p)) for p in points)})
 
 

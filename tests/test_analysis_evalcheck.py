@@ -71,6 +71,11 @@ def test_baselines_are_real_ones_from_the_rows():
     assert base["loss_ratio"][0] == 1.0
     assert base["attn_on_target_fine"] == (0.05, "target's share of the patches")
     assert base["attn_entropy_fine"][0] == pytest.approx(math.log(17))  # 4 x 4 patches + CLS
+    rows_only = ev.drop(columns=["config.world.frame_size", "config.model.patch_size"])
+    rows_only["attn_entropy_uniform_fine"] = math.log(65)  # what the model reports (an 8 x 8 fine grid)
+    assert chance_levels(rows_only, ["attn_entropy_fine"])["attn_entropy_fine"][0] == pytest.approx(
+        math.log(65)
+    )
     rnd = ev[ev["tier"] == 0].assign(**{"arm": "random", "config.model.query_source": "random"})
     rnd["attn_on_target_fine"] = 0.3
     both = pd.concat(

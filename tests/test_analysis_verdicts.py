@@ -17,6 +17,7 @@ from analysis.verdicts import (
     FAILED,
     INCONCLUSIVE,
     LOG_HEADER,
+    LOG_RULE,
     MIN_SEEDS_FOR_BOOTSTRAP,
     VALIDATED,
     append_log,
@@ -315,6 +316,15 @@ def test_log_row_and_append_log(tmp_path):
     new = tmp_path / "NEW.md"
     assert append_log(new, row) is True
     assert new.read_text().splitlines()[0] == LOG_HEADER
+    # a row after prose (notes written below an earlier table) starts a new table: markdown would read a
+    # header-less row as text; a row right after a row joins its table
+    log.write_text(text + "\nA note on the rows above.\n")
+    row2 = log_row(v, experiment="ablate-dq2", hypothesis="h", config="c")
+    assert append_log(log, row2) is True
+    lines = log.read_text().splitlines()
+    assert lines[-3:] == [LOG_HEADER, LOG_RULE, row2] and lines[-4] == ""
+    row3 = log_row(v, experiment="ablate-dq3", hypothesis="h", config="c")
+    assert append_log(log, row3) is True and log.read_text().splitlines()[-2:] == [row2, row3]
 
 
 def test_append_log_skips_a_row_already_logged(tmp_path):

@@ -462,6 +462,18 @@ def test_lr_schedules_against_closed_forms():
     assert points[0] == 0 and points[-1] == 600 and len(points) == len(set(points))
 
 
+@pytest.mark.parametrize("spacing", ["log", "linear"])
+@pytest.mark.parametrize("steps", [20, 129, 527, 4223])
+def test_evals_after_step_0_all_follow_warmup(spacing, steps):
+    """Issue 7.6: log-spaced evals put half of a small cell's points inside warmup, where they are no scaling
+    points (excluded from every fit). Every eval but the step-0 reference now follows warmup."""
+    cfg = load_config(None, {"train.eval_points": 6, "train.eval_spacing": spacing, "train.steps": steps})
+    points = eval_steps(cfg, steps)
+    assert points[0] == 0 and points[-1] == steps
+    assert [p for p in points[1:] if in_warmup(cfg, p, steps)] == []
+    assert len(points) >= min(steps, 5)  # still (nearly) eval_points of them
+
+
 # ----------------------------------------------------------------------------- learning
 
 

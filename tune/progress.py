@@ -1,7 +1,8 @@
 """What a user watches while a sweep runs, and the summary after it (driver side).
 
     Progress(total_trials, predicted_s_by_cell, concurrency)   # a tune.Callback: one line per report
-    summarize(experiment_dir, wall_s, concurrency)             # writes the store, prints status counts + overhead
+    summarize(experiment_dir, t0, concurrency, cells)          # store; each cell's outcome; overhead; exit code
+    cell_outcomes(runs, {config_hash: cell_name})              # the newest (or settled) trial of each cell
 
 One console line per evaluation of any trial: elapsed time, trials done, cell, tier, budget, step, val loss,
 samples/s, the trial's ETA (its remaining steps at its current speed) and the run's ETA (the plan's predicted
