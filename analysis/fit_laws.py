@@ -52,18 +52,18 @@ from analysis.store import (  # noqa: E402
     load_store,
     write_store,
 )
+from fvlm.cli import OneLineParser  # noqa: E402
 
 SAMPLES_LABEL = "D = samples_seen (training samples, not tokens)"
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2
-        print(f"fit_laws: error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="fit_laws.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(
+        prog="fit_laws.py",
+        error_name="fit_laws",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     src = p.add_argument_group("input (default: the newest experiment under --runs)")
     src.add_argument("--store", help="experiment dir, store dir or parquet file")
     src.add_argument(

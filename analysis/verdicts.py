@@ -82,6 +82,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from scipy import optimize, stats  # noqa: E402
 
+from fvlm.cli import OneLineParser  # noqa: E402
+
 VALIDATED, FAILED, INCONCLUSIVE = "VALIDATED", "FAILED", "INCONCLUSIVE"
 LOG_HEADER = "| Date | Experiment | Hypothesis | Config | Result | Impact |"
 LOG_RULE = "|---|---|---|---|---|---|"
@@ -561,14 +563,13 @@ class UsageError(Exception):
     """Bad CLI input: one line on stderr, exit 2."""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2
-        print(f"verdicts: error: {message} (see --help)", file=sys.stderr)
-        sys.exit(2)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="verdicts.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(
+        prog="verdicts.py",
+        error_name="verdicts",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--csv", required=True, help="the table, one row per (arm, seed)")
     p.add_argument("--arm-col", required=True, help="column naming the arm of each row")
     p.add_argument("--seed-col", required=True, help="column with the seed; arms are paired by it")

@@ -18,9 +18,9 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
+from laws_data import TRUTH, isoflop_points  # noqa: E402
 
 from analysis import fit_laws  # noqa: E402
-from analysis.laws import compute_optimal  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -36,7 +36,6 @@ CHIN_ARGS = [
     "--exclude-top-loss",
     "5",
 ]
-TRUTH = {"E": 1.8, "A": 480.0, "alpha": 0.35, "B": 2100.0, "beta": 0.37}
 
 
 def need(path: Path) -> Path:
@@ -147,18 +146,9 @@ def test_fvlm_csv_flags_size_term_and_larger_model(tmp_path, capsys):
 
 
 def test_budget_column_gives_isoflop_exponents(tmp_path, capsys):
-    rng = np.random.default_rng(0)
-    rows = []
-    for C in np.logspace(18, 21, 5):
-        n_opt, _ = compute_optimal(TRUTH, C)
-        for N in n_opt * np.logspace(-0.75, 0.75, 7):
-            D = C / (6 * N)
-            L = TRUTH["E"] + TRUTH["A"] / N ** TRUTH["alpha"] + TRUTH["B"] / D ** TRUTH["beta"]
-            rows.append(
-                {"params": N, "tokens": D, "flops": C, "budget": C, "loss": L * np.exp(rng.normal(0, 0.003))}
-            )
+    rows = isoflop_points(noise=0.003).rename(columns={"N": "params", "D": "tokens", "C": "flops"})
     csv = tmp_path / "iso.csv"
-    pd.DataFrame(rows).to_csv(csv, index=False)
+    rows.to_csv(csv, index=False)
     out = tmp_path / "iso"
     rc, _, err = run(
         [

@@ -17,33 +17,19 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
+from laws_data import isoflop_points, law  # noqa: E402
 from matplotlib.collections import PathCollection  # noqa: E402
 
 from analysis import plots  # noqa: E402
 from analysis.isoflop import fit_isoflop  # noqa: E402
-from analysis.laws import compute_optimal, fit_parametric  # noqa: E402
+from analysis.laws import fit_parametric  # noqa: E402
 from analysis.report import Analysis, _ci, metric_table  # noqa: E402
-
-TRUTH = {"E": 1.8, "A": 480.0, "alpha": 0.35, "B": 2100.0, "beta": 0.37}
-
-
-def _law(N, D):
-    return TRUTH["E"] + TRUTH["A"] / N ** TRUTH["alpha"] + TRUTH["B"] / D ** TRUTH["beta"]
 
 
 @pytest.fixture(scope="module")
 def design():
     """5 budgets x 7 sizes around the compute-optimal N, 1% noise."""
-    rng = np.random.default_rng(0)
-    rows = []
-    for C in np.logspace(18, 21, 5):
-        n_opt, _ = compute_optimal(TRUTH, C)
-        for N in n_opt * np.logspace(-0.75, 0.75, 7):
-            D = C / (6 * N)
-            rows.append(
-                {"N": N, "D": D, "C": C, "budget": C, "loss": _law(N, D) * np.exp(0.01 * rng.normal())}
-            )
-    pts = pd.DataFrame(rows)
+    pts = isoflop_points(noise=0.01)
     fit = fit_parametric(pts["N"], pts["D"], pts["loss"], n_bootstrap=20, C=pts["C"])
     assert all(fit.identified.values())
     iso = fit_isoflop(pts["N"], pts["D"], pts["loss"], pts["budget"].to_numpy(), n_bootstrap=20)
@@ -57,7 +43,7 @@ def two_sizes():
     N = np.repeat([1e8, 4e8], 20)
     D = np.tile(np.logspace(9, 11, 20), 2)
     pts = pd.DataFrame(
-        {"N": N, "D": D, "C": 6 * N * D, "loss": _law(N, D) * np.exp(0.005 * rng.normal(size=40))}
+        {"N": N, "D": D, "C": 6 * N * D, "loss": law(N, D) * np.exp(0.005 * rng.normal(size=40))}
     )
     fit = fit_parametric(pts["N"], pts["D"], pts["loss"], n_bootstrap=0, C=pts["C"])
     assert not fit.identified["alpha"] and fit.derived("a_opt").suppressed

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import yaml
 
+from fvlm.cli import OneLineParser
 from fvlm.config import ConfigError, config_hash, load_config, parse_override
 
 REPO = Path(__file__).resolve().parent.parent
@@ -37,14 +38,8 @@ class UsageError(ValueError):
     """Bad input: one line naming the fix; the CLI exits 2 before anything is written."""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2 (argparse prints the whole usage otherwise)
-        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
-        sys.exit(2)
-
-
 def make_parser(doc: str, kind: str) -> argparse.ArgumentParser:
-    p = _Parser(
+    p = OneLineParser(
         prog=f"tune/{ {'grid': 'scaling_grid', 'lr': 'lr_sweep'}.get(kind, kind) }.py",
         description=doc.split("\n\n")[0],
         epilog=doc.split("\n\n", 1)[1] if "\n\n" in doc else None,
