@@ -40,17 +40,8 @@ def time_steps(model, opt, world, cfg, steps: int) -> float:
     st = {"step": 0, "micro_batch": cfg.train.batch_size, "injected": []}
     t0 = time.perf_counter()
     for i in range(steps):
-        _step(
-            model,
-            model,
-            opt,
-            world,
-            cfg,
-            range(i * cfg.train.batch_size, (i + 1) * cfg.train.batch_size),
-            st,
-            torch.device("cpu"),
-            None,
-        )
+        batch = world.batch("train", range(i * cfg.train.batch_size, (i + 1) * cfg.train.batch_size))
+        _step(model, model, opt, cfg, batch, st, torch.device("cpu"), None)
     return (time.perf_counter() - t0) / steps
 
 

@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 import re
 
 import torch
 from torch import nn
 
-from fvlm.config import Config
+from fvlm.config import Config, ConfigError
 
 PARAMS_CONVENTION = (
     "all-trainable-and-frozen-excl-vae"  # every parameter of DINO, LLM (tied emb once), connector, head
@@ -58,8 +59,12 @@ PEAK_FLOPS = {
 CPU_FLOPS_PER_CORE = 32 * 2.5e9  # ASSUMPTION: AVX2 fp32 FMA (2 units x 8 lanes x 2) at 2.5 GHz
 
 
-def caption_length(cfg: Config) -> int:
-    """Padded caption length in tokens: <bos> colour shape moves dir [then dir] <eos> (8 or 6)."""
+def caption_length(cfg: Config, text_len: int | None = None) -> int:
+    """Padded caption length in tokens: `text_len` when the caller knows it (the data's codec: a chat
+    template adds its prompt), else the world's word captions: <bos> colour shape moves dir [then dir] <eos>
+    (8 or 6)."""
+    if text_len:
+        return int(text_len)
     return 8 if cfg.world.turn_prob > 0 else 6
 
 
@@ -146,10 +151,10 @@ def _vae_forward_flops(frame_size: int, vae_path: str) -> float:
     return float(counter.get_total_flops())
 
 
-def _by_component(cfg: Config, vocab: int, train: bool) -> dict[str, float]:
+def _by_component(cfg: Config, vocab: int, train: bool, text_len: int | None = None) -> dict[str, float]:
     """FLOPs per sample by component: the forward (``train=False``) or forward + backward."""
     m, w = cfg.model, cfg.world
-    t, s = w.frames, caption_length(cfg)
+    t, s = w.frames, caption_length(cfg, text_len)
     grid = w.frame_size // m.patch_size
     caption = m.objective in ("caption", "joint")
     scored = s if caption else 0  # lm_head runs on every caption position
@@ -186,19 +191,20 @@ def _by_component(cfg: Config, vocab: int, train: bool) -> dict[str, float]:
     return out
 
 
-def forward_flops(cfg: Config, vocab: int) -> dict[str, float]:
+def forward_flops(cfg: Config, vocab: int, text_len: int | None = None) -> dict[str, float]:
     """Forward FLOPs per sample, by component."""
-    return _by_component(cfg, vocab, train=False)
+    return _by_component(cfg, vocab, train=False, text_len=text_len)
 
 
-def training_flops(cfg: Config, vocab: int) -> dict[str, float]:
+def training_flops(cfg: Config, vocab: int, text_len: int | None = None) -> dict[str, float]:
     """Forward + backward FLOPs per sample, by component (backward only where gradients flow)."""
-    return _by_component(cfg, vocab, train=True)
+    return _by_component(cfg, vocab, train=True, text_len=text_len)
 
 
-def flops_per_sample(cfg: Config, vocab: int) -> float:
-    """Training FLOPs per sample: forward + backward of the network + the frozen VAE's forward."""
-    flops = sum(training_flops(cfg, vocab).values())
+def flops_per_sample(cfg: Config, vocab: int, text_len: int | None = None) -> float:
+    """Training FLOPs per sample: forward + backward of the network + the frozen VAE's forward.
+    `text_len`: the padded caption length (default: the world's word captions, caption_length)."""
+    flops = sum(training_flops(cfg, vocab, text_len).values())
     if cfg.model.objective in ("reconstruct", "joint"):
         flops += cfg.world.frames * _vae_forward_flops(cfg.world.frame_size, cfg.model.vae_path)
     return flops
@@ -254,7 +260,7 @@ _PARAMS_CACHE: dict[str, tuple[int, int, str]] = {}
 
 
 def params_from_config(cfg: Config) -> tuple[int, int, str]:
-    """(parameters by PARAMS_CONVENTION, the world tokenizer's vocab, note) of the model `cfg` builds, without
+    """(parameters by PARAMS_CONVENTION, the run's vocabulary, note) of the model `cfg` builds, without
     loading weights or allocating them (a meta-device model with the same dimensions); cached per model."""
     key = model_key(cfg)
     if key not in _PARAMS_CACHE:
@@ -262,26 +268,45 @@ def params_from_config(cfg: Config) -> tuple[int, int, str]:
     return _PARAMS_CACHE[key]
 
 
+_DATA_CACHE: dict[str, tuple[int, int, str]] = {}
+
+
+def data_shape(cfg: Config) -> tuple[int, int, str]:
+    """(vocabulary, padded caption length, note) of the run's data and caption codec, what FLOPs and memory
+    depend on; cached. A pretrained LLM's tokenizer that is not on this machine (a hub id, offline) falls back
+    to the world's word tokenizer, said in the note (the real run loads it where it runs)."""
+    from fvlm.data import make_data
+
+    key = json.dumps(
+        [cfg.model.llm_path, cfg.model.tokenizer_path, cfg.data.source, cfg.data.shards, str(cfg.world)]
+    )
+    if key not in _DATA_CACHE:
+        note = ""
+        try:
+            data = make_data(cfg)
+        except ConfigError as e:
+            if not (cfg.model.llm_path or cfg.model.tokenizer_path) or cfg.data.source != "world":
+                raise
+            from fvlm.text import CaptionCodec
+            from fvlm.world import VideoWorld, build_tokenizer
+
+            data = VideoWorld(cfg.world, CaptionCodec(build_tokenizer(), chat=False))
+            note = f" (tokenizer not found here: {str(e)[:80]}...; counted with the world's word tokenizer)"
+        _DATA_CACHE[key] = (data.vocab_size, data.text_length, note)
+    return _DATA_CACHE[key]
+
+
 def _count_params(cfg: Config) -> tuple[int, int, str]:
     from fvlm.model import FoveatedVLM
-    from fvlm.world import VideoWorld
 
-    world = VideoWorld(cfg.world)
-    vocab = len(world.tokenizer)
-    note = ""
+    vocab, _, note = data_shape(cfg)
     llm_vocab = vocab
     if cfg.model.llm_path:
         llm_vocab = _pretrained_vocab(cfg.model.llm_path) or vocab
-        note = (
-            "" if llm_vocab != vocab else f" (vocab of {cfg.model.llm_path} unknown offline; assumed {vocab})"
-        )
+        if llm_vocab == vocab and not note:
+            note = f" (vocab of {cfg.model.llm_path} unknown offline; assumed {vocab})"
     m = dataclasses.replace(cfg.model, llm_path="", dino_path="", vae_path="", visual_scale=1.0)
-    tok = world.tokenizer
-    special = {
-        "bos_token_id": tok.bos_token_id,
-        "eos_token_id": tok.eos_token_id,
-        "pad_token_id": tok.pad_token_id,
-    }
+    special = {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None}  # no effect on the count
     try:  # meta device: no memory, no init time
         with torch.device("meta"):
             model = FoveatedVLM(m, cfg.world, llm_vocab, special, seed=0)  # the count is seed-free
@@ -295,7 +320,7 @@ def _count_params(cfg: Config) -> tuple[int, int, str]:
 
 
 def memory_estimate_mb(
-    cfg: Config, params: int, micro_batch: int, vocab: int, bytes_per_act: int = 4
+    cfg: Config, params: int, micro_batch: int, vocab: int, bytes_per_act: int = 4, text_len: int | None = None
 ) -> float:
     """Peak training memory estimate: fp32 weights + grads + AdamW moments (16 B/param) + activations.
 
@@ -304,7 +329,7 @@ def memory_estimate_mb(
     probe in tune/resources.py measures the real peak.
     """
     m, w = cfg.model, cfg.world
-    t, s = w.frames, caption_length(cfg)
+    t, s = w.frames, caption_length(cfg, text_len)
     grid = w.frame_size // m.patch_size
     p = grid * grid + 1
     layers = m.layers_used or m.dino_layers

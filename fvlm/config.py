@@ -51,6 +51,7 @@ class WorldConfig:
     clutter: float = 0.1  # amplitude of the per-clip low-frequency background texture (0 = flat)
     val_size: int = 512  # fixed held-out set size
     val_seed: int = 12345  # seed of the held-out stream (disjoint from training)
+    patch_size: int | None = None  # the model's patch (None = model.patch_size): pixel sizes scale by patch/8
 
 
 @dataclass
@@ -128,6 +129,13 @@ class TrainConfig:
 
 
 @dataclass
+class DataConfig:
+    source: str = "world"  # world (the synthetic video world) | shards (videos: python -m fvlm.video ingest)
+    shards: str = ""  # folder of ingested shards, for data.source=shards (an absolute path for Ray trials)
+    workers: int = 0  # DataLoader worker processes reading shards (0 = in the training process)
+
+
+@dataclass
 class RunConfig:
     name: str = "fvlm"  # run name (console, checkpoints)
     out_dir: str = "runs/train"  # checkpoints and summary go to <out_dir>/<name>/
@@ -138,6 +146,7 @@ class RunConfig:
 class Config:
     compass: CompassConfig = field(default_factory=CompassConfig)
     world: WorldConfig = field(default_factory=WorldConfig)
+    data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
@@ -145,6 +154,7 @@ class Config:
 
 CHOICES = {
     "world.distractor_style": ("gray", "colored"),
+    "data.source": ("world", "shards"),
     "model.mode": ("coarse_fine", "coarse_only"),
     "model.fine_read": ("same", "hires"),
     "model.query_source": ("llm", "oracle", "random"),
@@ -350,6 +360,7 @@ def resolve(cfg: Config) -> Config:
         model=dataclasses.replace(cfg.model),
         train=dataclasses.replace(cfg.train),
         world=dataclasses.replace(cfg.world),
+        data=dataclasses.replace(cfg.data),
     )
     _, values = tier_values(cfg.model)
     for section in (cfg.model, cfg.train, cfg.world):
@@ -365,6 +376,8 @@ def resolve(cfg: Config) -> Config:
             setattr(cfg.model, key, values[key])
     if cfg.model.query_dim is None:
         cfg.model.query_dim = cfg.model.dino_hidden
+    if cfg.world.patch_size is None:  # the world's geometry is given in patch units (fvlm/world.py)
+        cfg.world.patch_size = cfg.model.patch_size
     if cfg.train.micro_batch is None:
         cfg.train.micro_batch = cfg.train.batch_size
     validate(cfg)
@@ -434,6 +447,11 @@ def validate(cfg: Config) -> None:
     _check(t.eval_points >= 1, "train.eval_points: must be >= 1")
     _check(1 <= t.eval_samples, "train.eval_samples: must be >= 1")
     _check(t.keep_last >= 1, "train.keep_last: must be >= 1")
+    _check(cfg.data.workers >= 0, "data.workers: must be >= 0")
+    _check(
+        cfg.data.source != "shards" or bool(cfg.data.shards),
+        "data.source=shards needs data.shards=DIR (a folder made by python -m fvlm.video ingest)",
+    )
     from fvlm.world import check_world  # the world knows its own geometry (e.g. whether a path fits)
 
     try:
@@ -461,6 +479,7 @@ EXECUTION_FIELDS = (
     "train.inject_oom_eval_steps",
     "train.inject_nan_steps",  # a fault of one execution, like a killed worker: the same cell, run again
     "model.gradient_checkpointing",
+    "data.workers",
 )
 # What an LR optimum does not depend on (ASSUMPTION, the LR sweep's: the optimum moves little with the
 # training length over the grid's range, and not with the seed or how often we evaluate).

@@ -94,6 +94,8 @@ class FoveatedEncoder(nn.Module):
         layers_used: int | None = None,
         pos_code: bool = True,
         gradient_checkpointing: bool = False,
+        pixel_mean: tuple[float, ...] = IMAGENET_MEAN,
+        pixel_std: tuple[float, ...] = IMAGENET_STD,
     ) -> None:
         super().__init__()
         self.dino = dino
@@ -114,8 +116,9 @@ class FoveatedEncoder(nn.Module):
         if pos_code:
             with seeded(seed, "pos_proj"):
                 self.pos_proj = nn.Linear(self.hidden, self.hidden, bias=False)
-        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        # the normalisation the backbone expects (a loaded DINO's image processor; ImageNet's by default)
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(1, 3, 1, 1), persistent=False)
 
     @property
     def layers(self) -> list[nn.Module]:

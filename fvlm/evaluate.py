@@ -1,7 +1,7 @@
 """Held-out evaluation: both reads' losses, attention statistics, slot accuracy, and the final row's extras.
 
     from fvlm.evaluate import evaluate
-    metrics = evaluate(model, world, cfg, batch_size, device, amp, final=False)
+    metrics = evaluate(model, data, cfg, batch_size, device, amp, final=False)   # data: fvlm.data.make_data
 
 The training loop (fvlm/train.py) calls it at every evaluation step, under its OOM ladder: ``batch_size`` is
 the loop's current micro-batch, and the losses do not depend on it (token means over exactly the same
@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict
 
 import torch
 
 from fvlm.config import Config
 from fvlm.model import FoveatedVLM, autocast
-from fvlm.world import VideoWorld
 
 # metrics every evaluation reports (NaN where a mode has no such read)
 ALWAYS = (
@@ -44,7 +42,7 @@ def coarse_is_trained(cfg: Config) -> bool:
 @torch.no_grad()
 def evaluate(
     model: FoveatedVLM,
-    world: VideoWorld,
+    data,
     cfg: Config,
     batch_size: int,
     device: torch.device,
@@ -59,7 +57,7 @@ def evaluate(
     was_training = model.training
     model.eval()
     try:
-        out = _evaluate(model, world, cfg, batch_size, device, amp, final, inject_oom)
+        out = _evaluate(model, data, cfg, batch_size, device, amp, final, inject_oom)
     finally:
         model.train(was_training)  # also after an OOM: the ladder retries and training goes on
     for k in ALWAYS:
@@ -75,16 +73,24 @@ def evaluate(
     return out
 
 
-def _evaluate(model, world, cfg, batch_size, device, amp, final, inject_oom) -> dict:
+def predicted_captions(data, logits: torch.Tensor, batch: dict) -> list[str]:
+    """The teacher-forced argmax of every scored token (logits at position j predict token j+1), decoded by
+    the data's codec: words, whichever tokenizer the LLM reads."""
+    pred = logits[:, :-1].argmax(-1).cpu()
+    mask = batch["loss_mask"][:, 1:].cpu()
+    return [data.codec.answer_text(p, m) for p, m in zip(pred, mask, strict=True)]
+
+
+def _evaluate(model, data, cfg, batch_size, device, amp, final, inject_oom) -> dict:
     sums: dict[str, float] = {}
     seen = 0
-    limit = min(cfg.train.eval_samples, cfg.world.val_size)
+    limit = min(cfg.train.eval_samples, data.val_size)
     # FIX (tests/test_train.py::test_oom_ladder_keeps_the_effective_batch_and_the_sample_order): the val
     # losses are token means over exactly `limit` clips at any eval batch size (the OOM ladder halves it):
     # the last batch is cut at `limit`, and each batch's caption CE is its token sum over the set's token
     # count scaled to the batch's sample share, so the sample-weighted mean below is the token mean.
-    tokens = int(world.val_set()["loss_mask"][:limit, 1:].sum())
-    for batch in world.val_batches(batch_size):
+    tokens = data.val_scored_tokens(limit)
+    for batch in data.val_batches(batch_size):
         if seen >= limit:
             break
         if seen + len(batch["captions"]) > limit:
@@ -105,7 +111,8 @@ def _evaluate(model, world, cfg, batch_size, device, amp, final, inject_oom) -> 
                 **out.stats,
             }
             if out.logits is not None:
-                vals.update({f"val_acc_{k}": v for k, v in world.slot_accuracy(out.logits, batch).items()})
+                acc = data.slot_accuracy(predicted_captions(data, out.logits, batch), batch["captions"])
+                vals.update({f"val_acc_{k}": v for k, v in acc.items()})
             if final and model.cfg.mode == "coarse_fine":
                 vals["val_loss_ar"] = model(batch, mode="autoregressive").loss
         for k, v in vals.items():
@@ -115,29 +122,30 @@ def _evaluate(model, world, cfg, batch_size, device, amp, final, inject_oom) -> 
         seen += n
     result = {k: sums[k] / sums[f"_n_{k}"] for k in sums if not k.startswith("_n_")}
     if final:
-        result["samples_json"] = sample_outputs(model, world, device, amp)
+        result["samples_json"] = sample_outputs(model, data, device, amp)
     return result
 
 
 @torch.no_grad()
-def sample_outputs(model: FoveatedVLM, world: VideoWorld, device: torch.device, amp, n: int = 4) -> str:
-    """The first ``n`` held-out clips: true vs predicted caption (teacher-forced argmax of the scored pass)
-    and each read's last-layer attention over the patch grid, as JSON for the report card. The clips
-    themselves are re-rendered from (world config, val index) when plotted."""
-    batch = next(world.val_batches(n))
+def sample_outputs(model: FoveatedVLM, data, device: torch.device, amp, n: int = 4) -> str:
+    """The first ``n`` held-out clips: true vs predicted caption (teacher-forced argmax of the scored pass,
+    decoded by the codec) and each read's last-layer attention over the patch grid, as JSON for the report
+    card, with ``data.source_info()`` (the world config: clips are re-rendered when plotted)."""
+    batch = next(data.val_batches(n))
     batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
     with autocast(device, amp):
         out = model(batch, compute_coarse=True)
+    preds = predicted_captions(data, out.logits, batch) if out.logits is not None else None
     rows = []
     for i in range(len(batch["captions"])):
         row = {"val_index": i, "truth": batch["captions"][i]}
-        if out.logits is not None:
-            scored = batch["loss_mask"][i, 1:] == 1
-            ids = out.logits[i, :-1].argmax(-1)[scored].tolist()
-            row["pred"] = " ".join(world.vocab[t] for t in ids if world.vocab[t] not in ("<eos>", "<bos>"))
+        if "clip_ids" in batch:
+            row["clip_id"] = batch["clip_ids"][i]
+        if preds is not None:
+            row["pred"] = preds[i]
         for name in ("coarse", "fine"):
             attn = getattr(out, f"attn_{name}")
             if attn is not None:  # [B, T, L, H, P] -> last layer, head mean, patches only: [T, grid*grid]
                 row[f"attn_{name}"] = attn[i, :, -1].float().mean(1)[:, 1:].round(decimals=3).tolist()
         rows.append(row)
-    return json.dumps({"world": asdict(world.cfg), "clips": rows})
+    return json.dumps({**data.source_info(), "clips": rows})

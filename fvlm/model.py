@@ -31,8 +31,10 @@ Init: every submodule is built under its own seed derived from (``seed``, module
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -56,7 +58,10 @@ def build_dino(m: ModelConfig, frame_size: int) -> nn.Module:
     from transformers import Dinov2Config, Dinov2Model
 
     if m.dino_path:
-        return Dinov2Model.from_pretrained(m.dino_path, attn_implementation="sdpa")
+        # fp32 master weights whatever dtype the checkpoint was saved in: AdamW steps of ~1e-5 vanish in bf16
+        # (its 8-bit mantissa resolves 1 part in 256), and a bf16 module fails next to fp32 inputs on CPU;
+        # bf16 compute comes from autocast on CUDA only
+        return Dinov2Model.from_pretrained(m.dino_path, attn_implementation="sdpa", dtype=torch.float32)
     cfg = Dinov2Config(
         hidden_size=m.dino_hidden,
         num_hidden_layers=m.dino_layers,
@@ -73,11 +78,24 @@ def build_dino(m: ModelConfig, frame_size: int) -> nn.Module:
     return Dinov2Model(cfg)
 
 
+def image_normalisation(m: ModelConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) the loaded DINO's image processor normalises pixels with (its preprocessor_config.json),
+    else ImageNet's, which DINOv2 was trained with. Read as JSON: AutoImageProcessor may want torchvision."""
+    from fvlm.encoder import IMAGENET_MEAN, IMAGENET_STD
+
+    cfg_file = Path(m.dino_path) / "preprocessor_config.json" if m.dino_path else None
+    if cfg_file is not None and cfg_file.is_file():
+        pre = json.loads(cfg_file.read_text())
+        if pre.get("image_mean") and pre.get("image_std"):
+            return tuple(float(x) for x in pre["image_mean"]), tuple(float(x) for x in pre["image_std"])
+    return IMAGENET_MEAN, IMAGENET_STD
+
+
 def build_llm(m: ModelConfig, vocab_size: int, special_ids: dict[str, int]) -> nn.Module:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    if m.llm_path:
-        return LlamaForCausalLM.from_pretrained(m.llm_path, attn_implementation="sdpa")
+    if m.llm_path:  # fp32 master weights, as for DINO above
+        return LlamaForCausalLM.from_pretrained(m.llm_path, attn_implementation="sdpa", dtype=torch.float32)
     cfg = LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=m.llm_hidden,
@@ -99,7 +117,7 @@ def build_vae(m: ModelConfig) -> nn.Module:
     from diffusers import AutoencoderKL
 
     if m.vae_path:
-        vae = AutoencoderKL.from_pretrained(m.vae_path)
+        vae = AutoencoderKL.from_pretrained(m.vae_path, torch_dtype=torch.float32)
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(1234)  # the default VAE is a fixed random feature map, the same in every run
@@ -190,6 +208,7 @@ class FoveatedVLM(nn.Module):
             layers_used=m.layers_used,
             pos_code=m.pos_code,
             gradient_checkpointing=m.gradient_checkpointing,
+            **dict(zip(("pixel_mean", "pixel_std"), image_normalisation(m), strict=True)),
         )
         with seeded(seed, "llm"):
             self.llm = build_llm(m, vocab_size, special_ids)

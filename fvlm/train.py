@@ -39,9 +39,10 @@ import torch
 from fvlm import accounting
 from fvlm.checkpoint import Checkpoints, load_state, restore_rng_state, rng_state, unwrap_state_dict
 from fvlm.config import Config, ConfigError, config_hash, describe, load_config, tier_values
+from fvlm.data import make_data, split_batch, train_batches
 from fvlm.evaluate import coarse_is_trained, evaluate
 from fvlm.model import FoveatedVLM, autocast
-from fvlm.world import VideoWorld
+from fvlm.text import make_codec
 
 Report = Callable[[dict, Path | None], None]
 
@@ -74,28 +75,26 @@ def autocast_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
     return None  # fp32 on CPU: bf16 matmuls are slow there and the tiny models are not memory bound
 
 
-def build(cfg: Config, device: torch.device | str = "cpu") -> tuple[FoveatedVLM, VideoWorld]:
-    """The world (with its tokenizer) and the model, every module initialised from (cfg.train.seed, its
-    name); the global CPU stream (what the run draws at training time) is seeded from cfg.train.seed."""
-    tokenizer = None
-    if cfg.model.tokenizer_path:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(cfg.model.tokenizer_path)
-    world = VideoWorld(cfg.world, tokenizer)
-    tok = world.tokenizer
-    special = {
-        "bos_token_id": tok.bos_token_id,
-        "eos_token_id": tok.eos_token_id,
-        "pad_token_id": tok.pad_token_id,
-    }
+def build(cfg: Config, device: torch.device | str = "cpu") -> tuple[FoveatedVLM, object]:
+    """The data source (world or shards, with the caption codec: the loaded LLM's own tokenizer and chat
+    template, else the world's word tokenizer) and the model, every module initialised from
+    (cfg.train.seed, its name); the global CPU stream (what the run draws at training time) is seeded from
+    cfg.train.seed."""
+    data = make_data(cfg, make_codec(cfg))
     torch.manual_seed(cfg.train.seed)
-    model = FoveatedVLM(cfg.model, cfg.world, len(tok), special, seed=cfg.train.seed).to(device)
+    model = FoveatedVLM(
+        cfg.model, cfg.world, data.vocab_size, data.codec.special_ids, seed=cfg.train.seed
+    ).to(device)
     if cfg.model.llm_path or cfg.model.dino_path:
         # loaded weights define the sizes: keep the config (FLOPs, memory, hash) true to what was built
         for key, value in model.backbone_dims().items():
             setattr(cfg.model, key, value)
-    return model, world
+    return model, data
+
+
+def run_flops_per_sample(cfg: Config, data) -> float:
+    """FLOPs per training sample of `cfg` with the data's vocabulary and caption length."""
+    return accounting.flops_per_sample(cfg, data.vocab_size, text_len=data.text_length)
 
 
 def total_steps(cfg: Config, flops_per_sample: float) -> tuple[int, int]:
@@ -177,10 +176,11 @@ def in_warmup(cfg: Config, step: int, steps: int) -> bool:
     return step <= 0 or step <= int(steps * cfg.train.warmup_ratio)
 
 
-def blind_bound(cfg: Config, world: VideoWorld) -> float:
-    """val_loss's no-vision bound: the world's blind caption entropy where val_loss is the caption CE; NaN
-    where it is not (reconstruct and joint add a reconstruction MSE that the caption bound does not bound)."""
-    return world.blind_entropy() if cfg.model.objective == "caption" else float("nan")
+def blind_bound(cfg: Config, data) -> float:
+    """val_loss's no-vision bound: the data's blind caption entropy where val_loss is the caption CE (NaN on
+    shards: real captions have no known distribution); NaN where val_loss is not the caption CE (reconstruct
+    and joint add a reconstruction MSE that the caption bound does not bound)."""
+    return data.blind_entropy() if cfg.model.objective == "caption" else float("nan")
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -206,10 +206,14 @@ def train(
     amp = autocast_dtype(cfg, device)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    model, world = build(cfg, device)
-    vocab = len(world.tokenizer)
-    flops_per_sample = accounting.flops_per_sample(cfg, vocab)
+    model, data = build(cfg, device)
+    flops_per_sample = run_flops_per_sample(cfg, data)
     steps, samples = total_steps(cfg, flops_per_sample)
+    if data.train_size is not None and samples > data.train_size:
+        raise ConfigError(
+            f"the run needs {samples:,} training clips but {cfg.data.shards} holds {data.train_size:,}: at most "
+            "one epoch (upstream memorised captions at 7.5 epochs); lower the budget or ingest more videos"
+        )
     params = accounting.count_params(model)
     tier, _ = tier_values(cfg.model)
     peak, peak_src = accounting.peak_flops(device)
@@ -220,7 +224,7 @@ def train(
         "tier": tier,
         "seed": cfg.train.seed,
         "config_hash": config_hash(cfg),
-        "val_loss_blind": blind_bound(cfg, world),
+        "val_loss_blind": blind_bound(cfg, data),
         "lr_schedule": cfg.train.schedule,
     }
     ckpts = Checkpoints(
@@ -326,6 +330,7 @@ def train(
         emit({"val_loss": float("nan"), "error": error}, status)
         log(f"{status.upper()}: {error}")
 
+    batches = train_batches(data, cfg, st["samples_seen"], device)  # from the resumed position on
     model.train()
     while True:
         st["wall_s"] = start_wall + time.time() - t0
@@ -333,7 +338,7 @@ def train(
         if st["step"] in evals and st["last_eval"] != st["step"]:
             final = st["step"] >= steps
             try:
-                metrics = _evaluate_with_ladder(model, world, cfg, st, device, amp, final)
+                metrics = _evaluate_with_ladder(model, data, cfg, st, device, amp, final)
             except OOMGiveUp as e:
                 stop("oom", str(e))
                 break
@@ -364,9 +369,9 @@ def train(
         lr_mult = lr_factor(cfg, st["step"], steps)
         for g in opt.param_groups:
             g["lr"] = g["peak_lr"] * lr_mult
-        indices = range(st["samples_seen"], st["samples_seen"] + cfg.train.batch_size)
+        batch = next(batches)
         try:
-            res = _step_with_ladder(runner, model, opt, world, cfg, indices, st, device, amp)
+            res = _step_with_ladder(runner, model, opt, cfg, batch, st, device, amp)
         except OOMGiveUp as e:
             stop("oom", str(e))
             break
@@ -439,7 +444,7 @@ def _eval_batch(st: dict) -> int:
     return min(st["micro_batch"], st["eval_micro_batch"])
 
 
-def _evaluate_with_ladder(model, world, cfg, st, device, amp, final) -> dict:
+def _evaluate_with_ladder(model, data, cfg, st, device, amp, final) -> dict:
     """One evaluation; on CUDA OOM: halve the evaluation's micro-batch (the losses are token means over the
     same clips at any batch size), and at micro-batch 1 give up (no gradients are kept in an evaluation,
     so gradient checkpointing would not help). Every rung is recorded in ``st['ladder']``."""
@@ -448,7 +453,7 @@ def _evaluate_with_ladder(model, world, cfg, st, device, amp, final) -> dict:
         if inject:
             st["injected_eval"].append(st["step"])  # fault injection for tests: once per listed step
         try:
-            return evaluate(model, world, cfg, _eval_batch(st), device, amp, final=final, inject_oom=inject)
+            return evaluate(model, data, cfg, _eval_batch(st), device, amp, final=final, inject_oom=inject)
         except torch.OutOfMemoryError as e:
             _free(device)
             st["oom_retries"] += 1
@@ -461,12 +466,12 @@ def _evaluate_with_ladder(model, world, cfg, st, device, amp, final) -> dict:
             _record(st, f"step {st['step']}: OOM in evaluation -> eval micro_batch {st['eval_micro_batch']}")
 
 
-def _step_with_ladder(runner, model, opt, world, cfg, indices, st, device, amp) -> StepResult:
+def _step_with_ladder(runner, model, opt, cfg, batch, st, device, amp) -> StepResult:
     """One optimizer step; on CUDA OOM: halve the micro-batch and double accumulation (same samples, same
     order), then gradient checkpointing, then give up. Every rung is recorded in ``st['ladder']``."""
     while True:
         try:
-            return _step(runner, model, opt, world, cfg, indices, st, device, amp)
+            return _step(runner, model, opt, cfg, batch, st, device, amp)
         except torch.OutOfMemoryError as e:
             opt.zero_grad(set_to_none=True)
             _free(device)
@@ -486,20 +491,18 @@ def _step_with_ladder(runner, model, opt, world, cfg, indices, st, device, amp) 
             _record(st, rung)
 
 
-def _step(runner, model, opt, world, cfg, indices, st, device, amp) -> StepResult:
-    """One optimizer step over the samples ``indices`` in micro-batches of ``st['micro_batch']``. The
+def _step(runner, model, opt, cfg, batch, st, device, amp) -> StepResult:
+    """One optimizer step over the effective batch ``batch`` in micro-batches of ``st['micro_batch']``. The
     optimizer steps only on a finite loss and a finite gradient norm (the loop ends the run otherwise)."""
     if st["step"] in cfg.train.inject_oom_steps and st["step"] not in st["injected"]:
         st["injected"].append(st["step"])  # fault injection for tests: a CUDA OOM the real ladder must handle
         raise torch.OutOfMemoryError(
             f"CUDA out of memory (injected by train.inject_oom_steps at step {st['step']})"
         )
-    mb, total = st["micro_batch"], len(indices)
+    total = len(batch["captions"])
     opt.zero_grad(set_to_none=True)
     objective, loss = 0.0, 0.0
-    chunks = [
-        world.batch("train", indices[s : s + mb], stream_seed=cfg.train.seed) for s in range(0, total, mb)
-    ]
+    chunks = split_batch(batch, st["micro_batch"])
     if len(chunks) > 1:
         # FIX (tests/test_train.py::test_oom_ladder_keeps_the_effective_batch_and_the_sample_order): the caption
         # CE is a mean over scored tokens and captions have 5 or 7, so weighting each micro-batch's token mean
@@ -508,11 +511,11 @@ def _step(runner, model, opt, world, cfg, indices, st, device, amp) -> StepResul
         scored = sum(int(c["loss_mask"][:, 1:].sum()) for c in chunks)
         for c in chunks:
             c["caption_tokens"] = torch.tensor(scored * len(c["captions"]) / total)  # a tensor: no recompiles
-    for batch in chunks:
-        weight = len(batch["captions"]) / total  # sample share: the same effective batch at any micro-batch
-        batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+    for chunk in chunks:
+        weight = len(chunk["captions"]) / total  # sample share: the same effective batch at any micro-batch
+        chunk = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in chunk.items()}
         with autocast(device, amp):
-            out = runner(batch)
+            out = runner(chunk)
         if st["step"] in cfg.train.inject_nan_steps:  # fault injection for tests: a diverged step
             out.loss = out.loss * float("nan")
         (out.loss * weight).backward()
@@ -559,7 +562,6 @@ def main(argv: list[str] | None = None) -> int:
     tmp = out / "summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=1, default=float))
     os.replace(tmp, out / "summary.json")
-    world = VideoWorld(cfg.world)
     print(
         f"\n{summary['status']}: {summary['steps']} steps, {summary['samples_seen']:,} samples, "
         f"{summary['wall_s']:.1f}s wall"
@@ -576,21 +578,23 @@ def main(argv: list[str] | None = None) -> int:
         f"| attn_entropy coarse {summary.get('attn_entropy_coarse', float('nan')):.3f} fine "
         f"{summary.get('attn_entropy_fine', float('nan')):.3f}"
     )
+    data = make_data(cfg)
     print(
-        f"baselines: unigram entropy {world.unigram_entropy():.4f} | blind (grammar-aware) {world.blind_entropy():.4f} "
-        f"| train/inference gap {summary.get('train_infer_gap', float('nan')):+.4f}"
+        f"baselines: unigram entropy {data.unigram_entropy():.4f} | blind (grammar-aware) "
+        f"{data.blind_entropy():.4f} | train/inference gap {summary.get('train_infer_gap', float('nan')):+.4f}"
     )
     print(f"summary: {out / 'summary.json'}")
     return 0 if summary["status"] == "complete" else 1
 
 
 def dry_run(cfg: Config) -> int:
-    model, world = build(cfg)
-    vocab = len(world.tokenizer)
-    flops_per_sample = accounting.flops_per_sample(cfg, vocab)
+    model, data = build(cfg)
+    flops_per_sample = run_flops_per_sample(cfg, data)
     steps, samples = total_steps(cfg, flops_per_sample)
     params = accounting.count_params(model)
-    mem = accounting.memory_estimate_mb(cfg, params["total"], cfg.train.micro_batch, vocab)
+    mem = accounting.memory_estimate_mb(
+        cfg, params["total"], cfg.train.micro_batch, data.vocab_size, text_len=data.text_length
+    )
     print(describe(cfg))
     print(
         f"params {params['total']:,} ({accounting.PARAMS_CONVENTION}) | {flops_per_sample:.3g} FLOPs/sample | "

@@ -91,7 +91,11 @@ PALETTE = np.array(
 # (dx, dy) per direction in image coordinates (y grows downwards)
 DIR_VECTORS = np.array([[0, -1], [0, 1], [-1, 0], [1, 0]], dtype=np.float64)
 PERPENDICULAR = np.array([[2, 3], [2, 3], [0, 1], [0, 1]], dtype=np.int64)  # dir1 -> the two dir2 options
-GRAY_DRIFT = 0.5  # max drift of a gray distractor, px/frame per axis
+GRAY_DRIFT = 0.5  # max drift of a gray distractor, px/frame per axis (at the reference patch)
+# The world's pixel sizes (sprite_size, speed, GRAY_DRIFT) are given for this patch side; a model with
+# another patch (224 px frames, patch 14 for DINOv2) gets them scaled by patch_size / REFERENCE_PATCH, so
+# the task is the same in patch units: an 8 px sprite at patch 14 would be smaller than one patch.
+REFERENCE_PATCH = 8
 BACKGROUND = 0.5
 CLUTTER_WAVES = 3
 SPLIT_CODES = {"train": 1, "val": 2, "test": 3}
@@ -179,6 +183,12 @@ def box_patch_mask(boxes, grid: int, frame_size: int) -> torch.Tensor:
     return (rows[..., :, None] & cols[..., None, :]).flatten(-2)
 
 
+def geometry(cfg: WorldConfig) -> tuple[int, float, float]:
+    """(sprite px, speed px/frame, gray drift px/frame) at the model's patch size (see REFERENCE_PATCH)."""
+    scale = (cfg.patch_size or REFERENCE_PATCH) / REFERENCE_PATCH
+    return max(1, round(cfg.sprite_size * scale)), cfg.speed * scale, GRAY_DRIFT * scale
+
+
 def check_world(cfg: WorldConfig) -> None:
     def bad(msg: str) -> None:
         raise ValueError(f"world: {msg}")
@@ -203,11 +213,13 @@ def check_world(cfg: WorldConfig) -> None:
         bad(f"val_size must be >= 1, got {cfg.val_size}")
     m = cfg.frames // 2
     steps = cfg.frames - 1 if cfg.turn_prob < 1 else max(m, cfg.frames - 1 - m)
-    travel = round(steps * cfg.speed)
-    if travel + cfg.sprite_size > cfg.frame_size:
+    sprite, speed, _ = geometry(cfg)
+    travel = round(steps * speed)
+    if travel + sprite > cfg.frame_size:
         bad(
-            f"the target's path does not fit: {steps} steps x speed {cfg.speed} + sprite {cfg.sprite_size} "
-            f"> frame_size {cfg.frame_size}; lower speed/frames/sprite_size or raise frame_size"
+            f"the target's path does not fit: {steps} steps x speed {speed:g} + sprite {sprite} px (at patch "
+            f"{cfg.patch_size or REFERENCE_PATCH}) > frame_size {cfg.frame_size}; lower speed/frames/sprite_size "
+            "or raise frame_size"
         )
 
 
@@ -220,16 +232,22 @@ class VideoWorld:
     vocab = VOCAB
     token_id = TOKEN_ID
 
-    def __init__(self, cfg: WorldConfig | None = None, tokenizer=None):
+    has_boxes = True  # clips carry the target's box per frame (attention on target is measurable)
+    train_size = None  # an infinite procedural stream
+
+    def __init__(self, cfg: WorldConfig | None = None, codec=None):
+        from fvlm.text import CaptionCodec
+
         self.cfg = cfg = cfg if cfg is not None else WorldConfig()
         check_world(cfg)
-        self.tokenizer = tokenizer if tokenizer is not None else build_tokenizer()
-        self.masks = sprite_masks(cfg.sprite_size)
-        self.bos_id, self.eos_id, self.pad_id = BOS_ID, EOS_ID, PAD_ID
-        self.vocab_size = len(VOCAB)
-        # token id of every slot value, per slot: slot_token_ids["colour"][k] = id of COLOURS[k]
-        self.slot_token_ids = {s: torch.tensor([TOKEN_ID[v] for v in SLOT_VALUES[s]]) for s in SLOT_NAMES}
+        # captions -> tokens: the world's word tokenizer by default, a loaded LLM's tokenizer on the real path
+        self.codec = codec if codec is not None else CaptionCodec(build_tokenizer(), chat=False)
+        self.tokenizer = self.codec.tokenizer
+        self.vocab_size = self.codec.vocab_size
+        self.sprite, self.speed, self.drift = geometry(cfg)
+        self.masks = sprite_masks(self.sprite)
         self._val: dict | None = None
+        self._text_length: int | None = None
         # 16-bit uniform draw -> Gaussian quantile x noise std (truncated at ~4.3 std)
         q = (torch.arange(65536, dtype=torch.float64) + 0.5) / 65536
         self._noise_lut = (torch.special.ndtri(q) * cfg.noise).float().numpy()
@@ -273,7 +291,7 @@ class VideoWorld:
     def _render(self, split: str, indices: Sequence[int], stream_seed: int) -> dict:
         cfg = self.cfg
         u, raw = self._draw(split, indices, stream_seed)
-        b, d, t, h, s = len(indices), cfg.distractors, cfg.frames, cfg.frame_size, cfg.sprite_size
+        b, d, t, h, s = len(indices), cfg.distractors, cfg.frames, cfg.frame_size, self.sprite
         pick = lambda col, n: np.minimum(np.floor(u[:, col] * n), n - 1).astype(np.int64)  # noqa: E731
         colour, shape, dir1 = pick(_U_COLOUR, 6), pick(_U_SHAPE, 4), pick(_U_DIR1, 4)
         turn = u[:, _U_TURN] < cfg.turn_prob
@@ -287,13 +305,13 @@ class VideoWorld:
         before = np.minimum(steps, m)[None, :, None]
         after = np.maximum(steps - m, 0)[None, :, None]
         path = np.where(turn[:, None, None], before * v1 + after * v2, steps[None, :, None] * v1)
-        t_pos = self._place(np.rint(path * cfg.speed).astype(np.int64), u[:, _U_START : _U_START + 2], h - s)
+        t_pos = self._place(np.rint(path * self.speed).astype(np.int64), u[:, _U_START : _U_START + 2], h - s)
 
         # distractors (7 uniforms each: shape, colour, luminance, x, y, vx, vy); gray drift, coloured are static
         du = u[:, _U_DISTRACTORS:].reshape(b, d, 7)
         d_shape = np.minimum(np.floor(du[..., 0] * 4), 3).astype(np.int64)
         if cfg.distractor_style == "gray":
-            vel = (du[..., 5:7] * 2 - 1) * GRAY_DRIFT  # [B, D, 2]
+            vel = (du[..., 5:7] * 2 - 1) * self.drift  # [B, D, 2]
             lum = 0.15 + 0.4 * du[..., 2]
             lum = np.where(lum > 0.35, lum + 0.3, lum)
             d_rgb = np.repeat(lum[..., None], 3, axis=-1).astype(np.float32)
@@ -383,37 +401,59 @@ class VideoWorld:
         r = self._render(split, indices, stream_seed)
         return self._collate(r)
 
-    @staticmethod
-    def _collate(r: dict, length: int | None = None) -> dict:
-        ids = [encode_caption(c) for c in r["captions"]]
-        n = len(ids)
-        width = length or max(len(x) for x in ids)
-        input_ids = torch.full((n, width), PAD_ID, dtype=torch.long)
-        attention = torch.zeros((n, width), dtype=torch.long)
-        for k, x in enumerate(ids):
-            input_ids[k, : len(x)] = torch.tensor(x)
-            attention[k, : len(x)] = 1
-        loss_mask = attention.clone()
-        loss_mask[:, 0] = 0
+    def _collate(self, r: dict, length: int | None = None) -> dict:
         return {
             "frames": torch.from_numpy(r["frames"]),
-            "input_ids": input_ids,
-            "attention_mask": attention,
-            "loss_mask": loss_mask,
-            "labels": input_ids.masked_fill(loss_mask == 0, -100),
+            **self.codec.encode(list(r["captions"]), length),
             "boxes": torch.from_numpy(r["boxes"]),
             "slots": torch.from_numpy(r["slots"]),
             "captions": list(r["captions"]),
         }
 
+    def captions_with_probabilities(self) -> list[tuple[str, float]]:
+        """Every caption the world can produce, with its probability (slots uniform, turn with turn_prob)."""
+        p = self.cfg.turn_prob
+        out = []
+        for c in COLOURS:
+            for k in SHAPES:
+                for a in range(len(DIRECTIONS)):
+                    base = 1 / (len(COLOURS) * len(SHAPES) * len(DIRECTIONS))
+                    if p < 1:
+                        out.append((caption_from_slots(c, k, DIRECTIONS[a]), base * (1 - p)))
+                    if p > 0:
+                        for z in PERPENDICULAR[a]:
+                            out.append((caption_from_slots(c, k, DIRECTIONS[a], DIRECTIONS[z]), base * p / 2))
+        return out
+
+    @property
+    def text_length(self) -> int:
+        """Tokens of the longest caption under the codec: the padded length FLOPs accounting counts."""
+        if self._text_length is None:
+            self._text_length = self.codec.length([c for c, _ in self.captions_with_probabilities()])
+        return self._text_length
+
+    @property
+    def val_size(self) -> int:
+        return self.cfg.val_size
+
+    def val_scored_tokens(self, limit: int) -> int:
+        """Caption tokens the loss scores over the first `limit` held-out clips (for token means)."""
+        return int(self.val_set()["loss_mask"][:limit, 1:].sum())
+
+    def source_info(self) -> dict:
+        """How a held-out clip is found again: the world config (clip i of the val stream is re-rendered)."""
+        from dataclasses import asdict
+
+        return {"world": asdict(self.cfg)}
+
     def val_set(self) -> dict:
         """The whole held-out set (val_size clips of stream cfg.val_seed), rendered once and cached; token
-        tensors padded to MAX_TOKENS. This is the cache itself: do not modify it (val_batches gives copies)."""
+        tensors padded to text_length. This is the cache itself: do not modify it (val_batches gives copies)."""
         if self._val is None:
             chunk, parts = 256, []
             for start in range(0, self.cfg.val_size, chunk):
                 idx = range(start, min(start + chunk, self.cfg.val_size))
-                parts.append(self._collate(self._render("val", idx, 0), length=MAX_TOKENS))
+                parts.append(self._collate(self._render("val", idx, 0), length=self.text_length))
             val = {k: torch.cat([p[k] for p in parts]) for k in parts[0] if k != "captions"}
             val["captions"] = [c for p in parts for c in p["captions"]]
             self._val = val
@@ -449,26 +489,28 @@ class VideoWorld:
     def blind_entropy(self) -> float:
         """Expected per-token CE (nats) of the best caption model that does not see the video (it knows the
         grammar and the slot distributions): the 'chance' level of the mean token loss. Exact for the world's
-        distribution, not estimated from the val set."""
+        distribution and the codec: the caption's entropy (colour, shape, dir1, turn, dir2) over the expected
+        number of scored tokens (deterministic tokens cost such a model nothing)."""
         p = self.cfg.turn_prob
         h_turn = 0.0 if p in (0.0, 1.0) else -(p * math.log(p) + (1 - p) * math.log(1 - p))
         total = math.log(len(COLOURS)) + math.log(len(SHAPES)) + math.log(len(DIRECTIONS)) + h_turn
         total += p * math.log(2)  # dir2: one of the two perpendicular directions
-        return total / (5 + 2 * p)  # colour shape moves dir1 <eos> (+ then dir2)
+        scored = sum(q * sum(self.codec.encode_one(c)[1]) for c, q in self.captions_with_probabilities())
+        return total / scored  # word codec: colour shape moves dir1 <eos> (+ then dir2) = 5 + 2p tokens
 
-    def slot_accuracy(self, logits: torch.Tensor, batch: dict) -> dict[str, float]:
-        """Teacher-forced slot accuracy from LM logits [B,S,V] aligned with batch["input_ids"] (logits at i
-        predict token i+1). Returns colour, shape, dir1, turn ("then" vs <eos>), dir2 (over turning clips;
-        nan when there are none) and caption (every scored token right)."""
-        ids = batch["input_ids"].to(logits.device)
-        pred = logits[:, :-1].argmax(-1)
-        hit = pred == ids[:, 1:]  # hit[:, p-1] = token p predicted right
-        out = {s: float(hit[:, SLOT_POSITIONS[s] - 1].float().mean()) for s in ("colour", "shape", "dir1")}
-        out["turn"] = float(hit[:, TURN_POSITION - 1].float().mean())
-        turning = batch["slots"][:, 3].to(logits.device) >= 0
-        out["dir2"] = (
-            float(hit[turning, SLOT_POSITIONS["dir2"] - 1].float().mean()) if turning.any() else math.nan
-        )
-        scored = batch["loss_mask"][:, 1:].to(logits.device) == 1
-        out["caption"] = float((hit | ~scored).all(1).float().mean())
-        return out
+    def slot_accuracy(self, predicted: list[str], captions: list[str]) -> dict[str, float]:
+        """Slot accuracy from decoded words, so any tokenizer works: predicted captions (e.g. the teacher-
+        forced argmax of the scored tokens, decoded) against the true ones. Returns colour, shape, dir1, turn
+        ("then" or the end), dir2 (over turning clips; nan when there are none) and caption (all words)."""
+        hits: dict[str, list[bool]] = {k: [] for k in ("colour", "shape", "dir1", "turn", "dir2", "caption")}
+        for pred, truth in zip(predicted, captions, strict=True):
+            p, t = pred.split(), truth.split()
+            word = lambda ws, i: ws[i] if i < len(ws) else None  # noqa: E731
+            for slot, i in (("colour", 0), ("shape", 1), ("dir1", 3)):
+                hits[slot].append(word(p, i) == t[i])
+            turning = len(t) > 4
+            hits["turn"].append((word(p, 4) == "then") == turning)
+            if turning:
+                hits["dir2"].append(word(p, 5) == t[5])
+            hits["caption"].append(p == t)
+        return {k: float(np.mean(v)) if v else math.nan for k, v in hits.items()}

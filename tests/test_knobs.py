@@ -77,7 +77,7 @@ def one_step(cfg, model, world):
     model.train()
     opt = make_optimizer(model, cfg, torch.device("cpu"))
     st = {"step": 0, "micro_batch": cfg.train.micro_batch, "injected": []}
-    _step(model, model, opt, world, cfg, range(4), st, torch.device("cpu"), None)
+    _step(model, model, opt, cfg, world.batch("train", range(4)), st, torch.device("cpu"), None)
     return opt
 
 

@@ -289,15 +289,26 @@ def test_same_seed_same_losses_and_a_different_seed_differs(tmp_path, reference)
 # ----------------------------------------------------------------------------- the OOM ladder
 
 
-def test_oom_ladder_keeps_the_effective_batch_and_the_sample_order(tmp_path, reference):
+def test_oom_ladder_keeps_the_effective_batch_and_the_sample_order(tmp_path, reference, monkeypatch):
+    import fvlm.train
+
+    chunks, orig = [], fvlm.train.split_batch
+    monkeypatch.setattr(  # the micro-batches the model is fed, as caption lists
+        fvlm.train, "split_batch", lambda b, n: chunks.extend([c["captions"] for c in orig(b, n)]) or orig(b, n)
+    )
     with recorded_train_batches() as calls:
         rows, _, summary, _ = run(tmp_path, "oom", **{"train.inject_oom_steps": [3]})
     ref_rows = reference["rows"]
     assert summary["status"] == "complete" and summary["steps"] == 6
-    # same samples, same order, none skipped; after the rung at step 3 they come in micro-batches of 4
+    # same samples, same order, none skipped: one effective batch per step, not rendered again after the
+    # OOM; from the rung at step 3 on it is fed in micro-batches of 4 (the injected OOM raises before any)
     flat = [i for c in calls for i in c]
     assert flat == [i for c in reference["batches"] for i in c] == list(range(48))
-    assert [len(c) for c in calls] == [8, 8, 8, 4, 4, 4, 4, 4, 4]
+    assert [len(c) for c in calls] == [8] * 6
+    sizes = [len(c) for c in chunks]
+    assert sizes == [8, 8, 8, 4, 4, 4, 4, 4, 4]
+    caps = VideoWorld(load_config(None, SMALL).world).batch("train", range(48))["captions"]
+    assert [c for ch in chunks for c in ch] == caps
     # before the rung: bitwise the reference; the rung is in the rows from then on
     for a, b in zip(ref_rows[:2], rows[:2], strict=True):
         assert a["val_loss"] == b["val_loss"] and same(a["train_loss"], b["train_loss"])
@@ -530,7 +541,8 @@ def test_gradient_accumulation_takes_the_full_batch_step(objective):
         model, world = build(cfg)
         opt = make_optimizer(model, cfg, torch.device("cpu"))
         st = {"step": 0, "micro_batch": micro_batch, "injected": []}
-        res = _step(model, model, opt, world, cfg, range(24, 32), st, torch.device("cpu"), None)
+        batch = world.batch("train", range(24, 32))
+        res = _step(model, model, opt, cfg, batch, st, torch.device("cpu"), None)
         grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
         results.append((res, grads))
     assert len(set(world.batch("train", range(24, 32))["loss_mask"].sum(1).tolist())) == 2  # mixed lengths

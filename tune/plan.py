@@ -72,17 +72,12 @@ def make_cell(ctx: Context, name: str, overrides: dict, meta: dict) -> Cell:
     try:
         cfg = load_config(ctx.base_config, overrides)
         _, params, params_note = analytic_memory_mb(cfg)
-        flops = accounting.flops_per_sample(cfg, _vocab(cfg))
+        vocab, text_len, _ = accounting.data_shape(cfg)
+        flops = accounting.flops_per_sample(cfg, vocab, text_len=text_len)
         steps, samples = total_steps(cfg, flops)
     except ConfigError as e:
         raise UsageError(f"cell {name}: {e}") from None
     return Cell(name, overrides, meta, cfg, flops, steps, samples, params, params_note=params_note)
-
-
-def _vocab(cfg: Config) -> int:
-    from fvlm.world import VideoWorld
-
-    return len(VideoWorld(cfg.world).tokenizer)
 
 
 def check_distinct(cells: list[Cell]) -> None:

@@ -85,8 +85,9 @@ class Plan:
 def analytic_memory_mb(cfg: Config, micro_batch: int | None = None) -> tuple[float, int, str]:
     """(peak MiB, params, note) from fvlm.accounting.memory_estimate_mb at `micro_batch` (default: the config's)."""
     params, vocab, note = accounting.params_from_config(cfg)
+    _, text_len, _ = accounting.data_shape(cfg)
     mb = micro_batch or cfg.train.micro_batch
-    return accounting.memory_estimate_mb(cfg, params, mb, vocab), params, note
+    return accounting.memory_estimate_mb(cfg, params, mb, vocab, text_len=text_len), params, note
 
 
 def probe_memory_mb(cfg: Config, micro_batch: int) -> float:

@@ -32,7 +32,6 @@ from fvlm import accounting
 from fvlm.config import load_config
 from fvlm.contract import FINAL_STATUSES
 from fvlm.train import pick_device, total_steps, train
-from fvlm.world import VideoWorld
 
 TRAINABLE_NAME = "fvlm"  # fixed: Tuner.restore finds the trainable by this name
 ROW_FILE = "row.json"  # the reported row, stored beside state.pt in every checkpoint
@@ -63,7 +62,8 @@ def fvlm_trainable(config: dict) -> None:
         from tune.resources import cap_process_memory
 
         cap_process_memory(float(meta["mem_cap"]))
-    flops_per_sample = accounting.flops_per_sample(cfg, len(VideoWorld(cfg.world).tokenizer))
+    vocab, text_len, _ = accounting.data_shape(cfg)
+    flops_per_sample = accounting.flops_per_sample(cfg, vocab, text_len=text_len)
     steps, samples = total_steps(cfg, flops_per_sample)
     extras = {
         "experiment": meta.get("experiment", ""),
