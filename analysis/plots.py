@@ -545,7 +545,10 @@ def make_all(analysis, out_dir: Path) -> tuple[list[Path], list[str]]:
         except Exception as e:  # a figure must not sink the fits; its failure is reported instead
             plt.close("all")
             warnings.append(f"plot {name} failed: {type(e).__name__}: {e}")
-    if samples is not None:
+    if samples is not None and "world" not in samples[1]:
+        # clips from ingested video shards: the report lists their captions; the frames stay in the shards
+        warnings.append("plot samples.png skipped: the sample clips come from video shards, not the world")
+    elif samples is not None:
         try:
             paths.append(plot_samples(samples[1], out_dir / "samples.png"))
         except Exception as e:  # as above

@@ -462,8 +462,16 @@ def _samples_section(a: Analysis) -> list[str]:
         return []
     label, samples = picked
     rows = ["| val clip | truth | predicted (teacher-forced) |", "|---|---|---|"]
-    rows += [f"| {c['val_index']} | {c['truth']} | {c.get('pred', 'n/a')} |" for c in samples["clips"]]
-    return ["## Sample outputs", "", f"From {label}; attention maps in samples.png.", "", *rows, ""]
+    rows += [
+        f"| {c.get('clip_id', c['val_index'])} | {c['truth']} | {c.get('pred', 'n/a')} |"
+        for c in samples["clips"]
+    ]
+    where = (
+        "attention maps in samples.png"
+        if "world" in samples
+        else f"clips from the shards in {samples.get('shards')}"
+    )
+    return ["## Sample outputs", "", f"From {label}; {where}.", "", *rows, ""]
 
 
 def write_report(

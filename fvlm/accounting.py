@@ -28,6 +28,7 @@ import functools
 import json
 import os
 import re
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -127,12 +128,25 @@ def _llm_pass(cfg: Config, n: int, vocab: int, scored: int, live: bool) -> float
 def _head(cfg: Config, live: bool) -> float:
     """The reconstruction head on one frame pair. Its first conv reads the frozen VAE's latents (no dX)."""
     m = cfg.model
-    lat = cfg.world.frame_size // 2  # the tiny VAE downsamples x2; a real SD-VAE x8 (then FlopCounter judges)
-    c, hh = 4, m.head_hidden
+    down, c = _vae_shape(m.vae_path)
+    lat = cfg.world.frame_size // down
+    hh = m.head_hidden
     film = _op(2 * (m.llm_hidden * hh + hh * 2 * hh), live, True, True)
     first = _op(2 * lat * lat * 9 * c * hh, live, False, True)
     rest = _op(2 * lat * lat * 9 * (hh * hh + hh * hh + hh * c), live, True, True)
     return film + first + rest
+
+
+@functools.lru_cache(maxsize=8)
+def _vae_shape(vae_path: str) -> tuple[int, int]:
+    """(downsampling factor, latent channels) of the VAE: the tiny default (2 blocks: x2, 4 channels) or a
+    saved one's config.json (an SD-VAE has 4 blocks: x8): 2 ** (blocks - 1), as diffusers' encoder halves
+    the resolution in every block but the last."""
+    cfg_file = Path(vae_path) / "config.json" if vae_path else None
+    if cfg_file is None or not cfg_file.is_file():
+        return 2, 4
+    d = json.loads(cfg_file.read_text())
+    return 2 ** (len(d.get("block_out_channels", (1, 1))) - 1), int(d.get("latent_channels", 4))
 
 
 @functools.lru_cache(maxsize=8)
@@ -292,7 +306,9 @@ def data_shape(cfg: Config) -> tuple[int, int, str]:
 
             data = VideoWorld(cfg.world, CaptionCodec(build_tokenizer(), chat=False))
             note = f" (tokenizer not found here: {str(e)[:80]}...; counted with the world's word tokenizer)"
-        _DATA_CACHE[key] = (data.vocab_size, data.text_length, note)
+        # the LLM's own vocabulary decides lm_head's FLOPs (SmolLM2 embeds 49152 ids; tokenizers may be smaller)
+        vocab = (_pretrained_vocab(cfg.model.llm_path) if cfg.model.llm_path else None) or data.vocab_size
+        _DATA_CACHE[key] = (vocab, data.text_length, note)
     return _DATA_CACHE[key]
 
 
@@ -320,7 +336,12 @@ def _count_params(cfg: Config) -> tuple[int, int, str]:
 
 
 def memory_estimate_mb(
-    cfg: Config, params: int, micro_batch: int, vocab: int, bytes_per_act: int = 4, text_len: int | None = None
+    cfg: Config,
+    params: int,
+    micro_batch: int,
+    vocab: int,
+    bytes_per_act: int = 4,
+    text_len: int | None = None,
 ) -> float:
     """Peak training memory estimate: fp32 weights + grads + AdamW moments (16 B/param) + activations.
 

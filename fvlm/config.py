@@ -353,6 +353,34 @@ def tier_values(m: ModelConfig, tiers: dict | None = None) -> tuple[str, dict]:
     return f"s{m.scale}", cpu_tier(m.scale, tiers["cpu"])
 
 
+def pretrained_sizes(m: ModelConfig) -> dict[str, int]:
+    """The backbone sizes a local checkpoint folder (model.llm_path / model.dino_path) defines, read from its
+    config.json without loading weights: loaded weights decide the sizes, so the config (its hash, FLOPs and
+    memory) is the same before and after the model is built. Hub ids that are not local folders give {}."""
+    out: dict[str, int] = {}
+    dino = Path(m.dino_path) / "config.json" if m.dino_path else None
+    if dino is not None and dino.is_file():
+        d = json.loads(dino.read_text())
+        out.update(
+            dino_hidden=d["hidden_size"],
+            dino_layers=d["num_hidden_layers"],
+            dino_heads=d["num_attention_heads"],
+            dino_intermediate=int(d["hidden_size"] * d.get("mlp_ratio", 4)),
+            patch_size=d["patch_size"],
+        )
+    llm = Path(m.llm_path) / "config.json" if m.llm_path else None
+    if llm is not None and llm.is_file():
+        d = json.loads(llm.read_text())
+        out.update(
+            llm_hidden=d["hidden_size"],
+            llm_layers=d["num_hidden_layers"],
+            llm_heads=d["num_attention_heads"],
+            llm_kv_heads=d.get("num_key_value_heads", d["num_attention_heads"]),
+            llm_intermediate=d["intermediate_size"],
+        )
+    return out
+
+
 def resolve(cfg: Config) -> Config:
     """Fill every None size from the dial, then validate ranges. Idempotent."""
     cfg = dataclasses.replace(
@@ -363,8 +391,8 @@ def resolve(cfg: Config) -> Config:
         data=dataclasses.replace(cfg.data),
     )
     _, values = tier_values(cfg.model)
-    for section in (cfg.model, cfg.train, cfg.world):
-        for f in dataclasses.fields(section):
+    for section in (cfg.model, cfg.train):  # the world's frame size is set below (world.patch_size is not
+        for f in dataclasses.fields(section):  # the dial's: it follows model.patch_size)
             if f.name in values and getattr(section, f.name) is None:
                 setattr(section, f.name, values[f.name])
     # a real tier also fixes the world geometry and the weights to load, unless overridden
@@ -374,6 +402,8 @@ def resolve(cfg: Config) -> Config:
     for key in ("llm_path", "dino_path", "vae_path"):
         if values.get(key) and not getattr(cfg.model, key):
             setattr(cfg.model, key, values[key])
+    for key, value in pretrained_sizes(cfg.model).items():
+        setattr(cfg.model, key, value)
     if cfg.model.query_dim is None:
         cfg.model.query_dim = cfg.model.dino_hidden
     if cfg.world.patch_size is None:  # the world's geometry is given in patch units (fvlm/world.py)

@@ -9,7 +9,7 @@ Both sources provide: ``codec`` (fvlm.text: captions <-> tokens), ``vocab_size``
 caption length FLOPs accounting counts), ``batch(split, indices, stream_seed)`` (deterministic per index),
 ``val_set()``, ``val_batches(batch_size)``, ``val_size``, ``val_scored_tokens(limit)``, ``has_boxes``
 (attention on target is measurable only on the world), ``train_size`` (None = an infinite stream),
-``blind_entropy()`` / ``unigram_entropy()`` baselines, ``slot_accuracy(predicted, captions)`` ({} where
+``blind_entropy()`` / ``unigram_entropy()`` baselines, ``slot_accuracy(logits, batch)`` ({} where
 captions have no slots) and ``source_info()`` (how to find a held-out clip again, for the report card).
 Batches are dicts of tensors: frames float32 [B, T, 3, H, W] in [0, 1], the codec's token tensors, captions,
 and on the world boxes and slots.

@@ -111,7 +111,7 @@ def _evaluate(model, data, cfg, batch_size, device, amp, final, inject_oom) -> d
                 **out.stats,
             }
             if out.logits is not None:
-                acc = data.slot_accuracy(predicted_captions(data, out.logits, batch), batch["captions"])
+                acc = data.slot_accuracy(out.logits, batch)
                 vals.update({f"val_acc_{k}": v for k, v in acc.items()})
             if final and model.cfg.mode == "coarse_fine":
                 vals["val_loss_ar"] = model(batch, mode="autoregressive").loss

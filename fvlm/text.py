@@ -50,13 +50,18 @@ class CaptionCodec:
         self.chat = chat
         self.prompt = prompt
         if tokenizer.pad_token_id is None and tokenizer.eos_token_id is None:
-            raise ConfigError("the tokenizer has neither a pad nor an eos token; set one (pad = eos as in SmolLM2)")
+            raise ConfigError(
+                "the tokenizer has neither a pad nor an eos token; set one (pad = eos as in SmolLM2)"
+            )
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.vocab_size = len(tokenizer)
         self._cache: dict[str, tuple[list[int], list[int]]] = {}
+        self._word_cache: dict[tuple[int, ...], list[int | None]] = {}
         if chat:
             user = [{"role": "user", "content": prompt}]
-            self._prompt_ids = _ids(tokenizer.apply_chat_template(user, add_generation_prompt=True, tokenize=True))
+            self._prompt_ids = _ids(
+                tokenizer.apply_chat_template(user, add_generation_prompt=True, tokenize=True)
+            )
 
     @property
     def special_ids(self) -> dict[str, int | None]:
@@ -110,6 +115,20 @@ class CaptionCodec:
     def length(self, captions: list[str]) -> int:
         """The padded length of the longest of `captions` (what FLOPs accounting counts per sample)."""
         return max(len(self.encode_one(c)[0]) for c in captions)
+
+    def word_ids(self, answer: list[int]) -> list[int | None]:
+        """For each token of an answer (its scored tokens), the index of the word it belongs to (None for
+        tokens that add no word, like the end-of-turn token), from cumulative decoding: any tokenizer, BPE
+        included. Cached per answer."""
+        key = tuple(answer)
+        if key not in self._word_cache:
+            special = set(self.tokenizer.all_special_ids)
+            out = []
+            for i, tok in enumerate(answer):
+                n = len(self.tokenizer.decode(answer[: i + 1], skip_special_tokens=True).split())
+                out.append(None if tok in special or n == 0 else n - 1)  # a new word or the rest of one
+            self._word_cache[key] = out
+        return self._word_cache[key]
 
     def answer_text(self, ids, mask) -> str:
         """The tokens where mask == 1, decoded to text without special tokens (words for slot accuracy)."""

@@ -92,9 +92,11 @@ def build(cfg: Config, device: torch.device | str = "cpu") -> tuple[FoveatedVLM,
     return model, data
 
 
-def run_flops_per_sample(cfg: Config, data) -> float:
-    """FLOPs per training sample of `cfg` with the data's vocabulary and caption length."""
-    return accounting.flops_per_sample(cfg, data.vocab_size, text_len=data.text_length)
+def run_flops_per_sample(cfg: Config, data, model: FoveatedVLM) -> float:
+    """FLOPs per training sample of `cfg` with the LLM's vocabulary (its lm_head's rows: a pretrained LLM's
+    embedding table can be larger than its tokenizer) and the data's caption length."""
+    vocab = model.llm.get_output_embeddings().weight.shape[0]
+    return accounting.flops_per_sample(cfg, vocab, text_len=data.text_length)
 
 
 def total_steps(cfg: Config, flops_per_sample: float) -> tuple[int, int]:
@@ -207,7 +209,7 @@ def train(
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     model, data = build(cfg, device)
-    flops_per_sample = run_flops_per_sample(cfg, data)
+    flops_per_sample = run_flops_per_sample(cfg, data, model)
     steps, samples = total_steps(cfg, flops_per_sample)
     if data.train_size is not None and samples > data.train_size:
         raise ConfigError(
@@ -589,7 +591,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def dry_run(cfg: Config) -> int:
     model, data = build(cfg)
-    flops_per_sample = run_flops_per_sample(cfg, data)
+    flops_per_sample = run_flops_per_sample(cfg, data, model)
     steps, samples = total_steps(cfg, flops_per_sample)
     params = accounting.count_params(model)
     mem = accounting.memory_estimate_mb(

@@ -498,19 +498,32 @@ class VideoWorld:
         scored = sum(q * sum(self.codec.encode_one(c)[1]) for c, q in self.captions_with_probabilities())
         return total / scored  # word codec: colour shape moves dir1 <eos> (+ then dir2) = 5 + 2p tokens
 
-    def slot_accuracy(self, predicted: list[str], captions: list[str]) -> dict[str, float]:
-        """Slot accuracy from decoded words, so any tokenizer works: predicted captions (e.g. the teacher-
-        forced argmax of the scored tokens, decoded) against the true ones. Returns colour, shape, dir1, turn
-        ("then" or the end), dir2 (over turning clips; nan when there are none) and caption (all words)."""
+    def slot_accuracy(self, logits: torch.Tensor, batch: dict) -> dict[str, float]:
+        """Teacher-forced slot accuracy from LM logits [B, S, V] aligned with batch["input_ids"] (logits at j
+        predict token j+1), for any tokenizer: a slot is right when every token of its word, at its own
+        position, is predicted right (the codec maps tokens to words, BPE included). Comparing decoded words
+        instead would credit a model that copies its input one position late. Returns colour, shape, dir1,
+        turn ("then", or the end token of a caption without a turn), dir2 (over turning clips; nan when there
+        are none) and caption (every scored token right)."""
+        pred = logits[:, :-1].argmax(-1).cpu()
+        true = batch["input_ids"][:, 1:].cpu()
+        scored = batch["loss_mask"][:, 1:].cpu() == 1
         hits: dict[str, list[bool]] = {k: [] for k in ("colour", "shape", "dir1", "turn", "dir2", "caption")}
-        for pred, truth in zip(predicted, captions, strict=True):
-            p, t = pred.split(), truth.split()
-            word = lambda ws, i: ws[i] if i < len(ws) else None  # noqa: E731
-            for slot, i in (("colour", 0), ("shape", 1), ("dir1", 3)):
-                hits[slot].append(word(p, i) == t[i])
-            turning = len(t) > 4
-            hits["turn"].append((word(p, 4) == "then") == turning)
+        for k, caption in enumerate(batch["captions"]):
+            pos = scored[k].nonzero().flatten()
+            ok = (pred[k, pos] == true[k, pos]).tolist()
+            words = self.codec.word_ids(true[k, pos].tolist())
+
+            def word_right(w: int, ok=ok, words=words) -> bool:
+                mine = [h for h, i in zip(ok, words, strict=True) if i == w]
+                return bool(mine) and all(mine)
+
+            for slot, w in (("colour", 0), ("shape", 1), ("dir1", 3)):
+                hits[slot].append(word_right(w))
+            turning = len(caption.split()) > 4
+            end = [h for h, i in zip(ok, words, strict=True) if i is None]
+            hits["turn"].append(word_right(4) if turning else bool(end) and end[0])
             if turning:
-                hits["dir2"].append(word(p, 5) == t[5])
-            hits["caption"].append(p == t)
+                hits["dir2"].append(word_right(5))
+            hits["caption"].append(all(ok))
         return {k: float(np.mean(v)) if v else math.nan for k, v in hits.items()}

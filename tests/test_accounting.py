@@ -164,3 +164,55 @@ def test_memory_estimate_and_mfu_arithmetic():
     peak, source = accounting.peak_flops("cpu")
     assert peak == torch.get_num_threads() * accounting.CPU_FLOPS_PER_CORE and "cpu" in source
     assert accounting.PEAK_FLOPS["RTX 4090"] == pytest.approx(165.2e12)
+
+
+def test_reconstruction_head_flops_follow_the_vae_s_downsampling(tmp_path):
+    """An SD-shaped VAE (4 blocks) downsamples 8x, not the tiny default's 2x: the head's convs run on its
+    latent grid, and the analytic count must follow it (it assumed 2x)."""
+    from fvlm.pretrained_shapes import TINY, save_vae
+
+    save_vae(tmp_path / "vae", TINY.vae, dtype=torch.float32)
+    cfg = cfg_of(
+        **{
+            "model.scale": 1,
+            "model.objective": "joint",
+            "model.vae_path": str(tmp_path / "vae"),
+            "world.frame_size": 64,
+            "world.turn_prob": 0.5,
+        }
+    )
+    model, world = build(cfg)
+    assert len(TINY.vae.block_out_channels) == 4  # SD's layout
+    analytic = accounting.flops_per_sample(cfg, len(world.tokenizer))
+    assert analytic == pytest.approx(measured_flops_per_sample(cfg), rel=0.10)
+
+
+def test_lm_head_flops_count_the_llm_s_vocabulary_not_the_tokenizer_s(tmp_path):
+    """SmolLM2 embeds 49152 ids; a tokenizer can be smaller. lm_head computes a logit for every embedded id,
+    so FLOPs (planning and the run's rows) count the LLM's vocabulary."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from fvlm.pretrained_shapes import chat_tokenizer
+
+    tok = chat_tokenizer(vocab_size=400)
+    tok.save_pretrained(tmp_path / "llm")
+    LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=1000,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+        )
+    ).save_pretrained(tmp_path / "llm")
+    cfg = cfg_of(**{"model.scale": 1, "model.llm_path": str(tmp_path / "llm")})
+    vocab, text_len, _ = accounting.data_shape(cfg)
+    assert vocab == 1000 and len(tok) == 400 and text_len > 8  # the chat template adds its prompt
+    from fvlm.train import run_flops_per_sample
+
+    model, data = build(cfg)
+    assert run_flops_per_sample(cfg, data, model) == accounting.flops_per_sample(cfg, 1000, text_len=text_len)
+    assert accounting.flops_per_sample(cfg, 1000, text_len=text_len) > accounting.flops_per_sample(
+        cfg, 400, text_len=text_len
+    )

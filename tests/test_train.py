@@ -294,7 +294,9 @@ def test_oom_ladder_keeps_the_effective_batch_and_the_sample_order(tmp_path, ref
 
     chunks, orig = [], fvlm.train.split_batch
     monkeypatch.setattr(  # the micro-batches the model is fed, as caption lists
-        fvlm.train, "split_batch", lambda b, n: chunks.extend([c["captions"] for c in orig(b, n)]) or orig(b, n)
+        fvlm.train,
+        "split_batch",
+        lambda b, n: chunks.extend([c["captions"] for c in orig(b, n)]) or orig(b, n),
     )
     with recorded_train_batches() as calls:
         rows, _, summary, _ = run(tmp_path, "oom", **{"train.inject_oom_steps": [3]})

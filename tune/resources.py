@@ -1,19 +1,22 @@
 """Memory-aware packing: how many trials share a GPU (or the CPU cores), and what each one may use.
 
-    from tune.resources import plan_resources, cell_memory_mb
+    from tune.resources import plan_resources, probe_memory_mb
     plan = plan_resources(cfgs, cores=2, gpus=0)               # CPU: threads per trial and concurrency
     plan = plan_resources(cfgs, cores=16, gpus=1, card_mb=24564) # GPU: a fraction per trial from its memory
     print(plan.describe())
+    probe_memory_mb(cfg, micro_batch=8)                        # on a CUDA machine: peak MiB reserved, 3 steps
 
-GPU: each cell's peak training memory (a probe step measuring ``torch.cuda.max_memory_allocated`` when a
-CUDA device is visible, else the analytic ``fvlm.accounting.memory_estimate_mb``) times ``headroom``, plus
-the CUDA context, becomes ``k`` trials per card, ``k`` a power of two (Ray counts fractions against the
-total GPU count, ray issue 5902: fractions that divide 1 pack cleanly). The Ray GPU fraction is ``1/k``
-and the trial caps its caching allocator at its share (``cap_process_memory``): Ray only does the
-bookkeeping, nothing stops a trial from taking the whole card (ray issue 10677). A cell that does not fit
-at its micro-batch gets a smaller one (same samples, same order: the OOM ladder's first rung, taken ahead
-of time); one that does not fit even at micro-batch 1 raises ``CellTooLarge`` with the numbers, before
-anything is launched.
+GPU: each cell's peak training memory times ``headroom``, plus the CUDA context, becomes ``k`` trials per card,
+``k`` a power of two (Ray counts fractions against the total GPU count, ray issue 5902: fractions that divide
+1 pack cleanly). The memory is measured when a CUDA device is visible (``probe_memory_mb``: the caching
+allocator's peak reservation over PROBE_STEPS real optimizer steps, run as a Ray task on a whole GPU), else the
+analytic ``fvlm.accounting.memory_estimate_mb``. The plan fills the GPU's *free* memory
+(``torch.cuda.mem_get_info``), not its total: another process on the card is not ours to pack into. The Ray
+GPU fraction is ``1/k`` and the trial caps its caching allocator at its share (``cap_process_memory``): Ray only
+does the bookkeeping, nothing stops a trial from taking the whole card (ray issue 10677). A cell that does not
+fit at its micro-batch, or whose probe runs out of memory, is measured again at half the micro-batch (same
+samples, same order: the OOM ladder's first rung, taken ahead of time); one that does not fit even at
+micro-batch 1 raises ``CellTooLarge`` with the numbers, before anything is launched.
 
 CPU: one torch thread per trial and one trial per core (measured on 2 cores: two 1-thread trials beat one
 2-thread trial by ~1.5x on s2, and two-thread trials under contention slow down 10x), unless there are
@@ -22,8 +25,10 @@ fewer cells than cores; concurrency is also bounded by RAM (~0.6 GB per Ray work
 
 from __future__ import annotations
 
+import gc
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -36,6 +41,9 @@ CUDA_CONTEXT_MB = (
 )
 WORKER_RAM_MB = 600.0  # measured: a Ray worker with torch + transformers imported (~555 MB)
 MAX_TRIALS_PER_GPU = 8
+PROBE_STEPS = 3  # optimizer steps per probe: AdamW's state exists from the second on (probe_memory_mb)
+
+Measure = Callable[[Config, int], float]  # (cfg, micro_batch) -> peak MiB; may raise torch.OutOfMemoryError
 
 
 class CellTooLarge(ValueError):
@@ -90,44 +98,91 @@ def analytic_memory_mb(cfg: Config, micro_batch: int | None = None) -> tuple[flo
     return accounting.memory_estimate_mb(cfg, params, mb, vocab, text_len=text_len), params, note
 
 
-def probe_memory_mb(cfg: Config, micro_batch: int) -> float:
-    """Peak CUDA memory (MiB) of one real training step at `micro_batch` (forward, backward, AdamW step).
+def run_probe_steps(
+    model, opt, data, cfg: Config, micro_batch: int, device: torch.device, steps: int
+) -> None:
+    """`steps` optimizer steps of `model` at `micro_batch` on the run's training clips, as fvlm.train steps them
+    (zero_grad(set_to_none) first, forward under the run's autocast, backward, AdamW step). When the run
+    accumulates (batch_size > micro_batch) each step takes two micro-batches, so that the second one's
+    activations meet the gradients of the first, as in the loop."""
+    from fvlm.train import autocast, autocast_dtype
 
-    One step is not a training loop: the model is built by fvlm.train.build and stepped once by the same
-    optimizer factory, so the peak includes AdamW's moments. Run it where the GPU is (probe_on_cluster).
-    """
-    from fvlm.train import autocast, autocast_dtype, build, make_optimizer
-
-    device = torch.device("cuda")
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats(device)
-    model, world = build(cfg, device)
-    opt = make_optimizer(model, cfg, device)
-    batch = world.batch("train", range(micro_batch), stream_seed=cfg.train.seed)
-    batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-    try:
-        with autocast(device, autocast_dtype(cfg, device)):
-            loss = model(batch).loss
-        loss.backward()
+    amp = autocast_dtype(cfg, device)
+    chunks = 2 if cfg.train.batch_size > micro_batch else 1
+    start = 0
+    for _ in range(steps):
+        opt.zero_grad(set_to_none=True)
+        for _ in range(chunks):
+            batch = data.batch("train", range(start, start + micro_batch), stream_seed=cfg.train.seed)
+            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            start += micro_batch
+            with autocast(device, amp):
+                loss = model(batch).loss
+            (loss / chunks).backward()
         opt.step()
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    except torch.OutOfMemoryError:
-        return math.inf
+
+
+def probe_memory_mb(cfg: Config, micro_batch: int, steps: int = PROBE_STEPS, device: str = "cuda") -> float:
+    """Peak CUDA memory (MiB) the caching allocator reserves over `steps` real optimizer steps at `micro_batch`.
+
+    The model is built by fvlm.train.build and stepped by the loop's optimizer factory. Several steps, because
+    AdamW allocates its two moments inside the first step, after that step's activations are freed: only from
+    the second step on do moments, gradients and activations coexist (one step underestimated the peak).
+    Reserved, not allocated: the per-process cap (cap_process_memory) limits what the caching allocator
+    reserves, fragmentation included (PyTorch docs, "CUDA semantics: memory management"). Raises
+    torch.OutOfMemoryError when the step does not fit. Run it where the GPU is (cluster_probe)."""
+    import copy
+
+    from fvlm.train import build, make_optimizer
+
+    dev = torch.device(device)
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(dev)
+    model = opt = None
+    try:
+        model, data = build(copy.deepcopy(cfg), dev)  # build() writes the loaded sizes into its config
+        opt = make_optimizer(model, cfg, dev)
+        run_probe_steps(model, opt, data, cfg, micro_batch, dev, steps)
+        torch.cuda.synchronize(dev)
+        return torch.cuda.max_memory_reserved(dev) / 2**20
     finally:
         del model, opt
+        gc.collect()
         torch.cuda.empty_cache()
 
 
-def probe_on_cluster(cfgs: dict[str, Config], micro_batches: dict[str, int]) -> dict[str, float]:
-    """Probe each distinct model on a whole GPU of the Ray cluster (one Ray task each, in sequence)."""
+def _probe_or_inf(cfg: Config, micro_batch: int) -> float:
+    try:
+        return probe_memory_mb(cfg, micro_batch)
+    except torch.OutOfMemoryError:
+        return math.inf  # an exception through ray.get arrives wrapped; a plain number does not
+
+
+def cluster_probe() -> Measure:
+    """A measure (cfg, micro_batch) -> MiB that runs probe_memory_mb as a Ray task on a whole GPU of the
+    cluster, in a fresh worker process per probe (max_calls=1: no allocator state carried over), cached per
+    (model, micro-batch); an OOM comes back as inf."""
     import ray
 
-    @ray.remote(num_gpus=1, max_calls=1)  # a fresh process per probe: no cached allocator state
-    def _probe(cfg: Config, mb: int) -> float:
-        return probe_memory_mb(cfg, mb)
+    task = ray.remote(num_gpus=1, max_calls=1)(_probe_or_inf)
+    cache: dict[tuple[str, int], float] = {}
 
-    return {k: ray.get(_probe.remote(c, micro_batches[k])) for k, c in cfgs.items()}
+    def measure(cfg: Config, micro_batch: int) -> float:
+        key = (accounting.model_key(cfg), micro_batch)
+        if key not in cache:
+            cache[key] = float(ray.get(task.remote(cfg, micro_batch)))
+        return cache[key]
+
+    return measure
+
+
+def free_gpu_mb() -> float | None:
+    """Free memory (MiB) of the least free visible GPU, None without CUDA. torch.cuda.mem_get_info is
+    cudaMemGetInfo: what other processes (and this one's CUDA context) leave, which is what trials can use."""
+    if not torch.cuda.is_available():
+        return None
+    return min(torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count())) / 2**20
 
 
 # ----------------------------------------------------------------------------- packing
@@ -141,16 +196,30 @@ def trials_per_gpu(need_mb: float, card_mb: float, limit: int = MAX_TRIALS_PER_G
     return k
 
 
-def _fit_micro_batch(cfg: Config, card_mb: float, headroom: float, measure) -> tuple[int, float]:
-    """The largest micro-batch (halving from the config's, dividing the batch) whose need fits the card."""
+def fit_micro_batch(
+    cfg: Config, budget_mb: float, headroom: float, measure: Measure
+) -> tuple[int, float, list[tuple[int, float]]]:
+    """(micro-batch, its memory, [(micro-batch, memory) tried]): the largest micro-batch, halving from the
+    config's (dividing the batch), whose measured need fits `budget_mb`. A measurement that runs out of memory
+    (torch.OutOfMemoryError, or inf from cluster_probe) is re-measured at half the micro-batch, like any other
+    that does not fit; at micro-batch 1 the last measurement is returned for the caller to refuse."""
     mb = cfg.train.micro_batch
+    tried: list[tuple[int, float]] = []
     while True:
-        mem = measure(cfg, mb)
-        if mem * headroom + CUDA_CONTEXT_MB <= card_mb or mb == 1:
-            return mb, mem
+        try:
+            mem = float(measure(cfg, mb))
+        except torch.OutOfMemoryError:
+            mem = math.inf
+        tried.append((mb, mem))
+        if mem * headroom + CUDA_CONTEXT_MB <= budget_mb or mb == 1:
+            return mb, mem, tried
         mb = max(1, mb // 2)
         while cfg.train.batch_size % mb:
             mb -= 1
+
+
+def _analytic(cfg: Config, micro_batch: int) -> float:
+    return analytic_memory_mb(cfg, micro_batch)[0]
 
 
 def plan_resources(
@@ -164,11 +233,16 @@ def plan_resources(
     max_per_gpu: int = MAX_TRIALS_PER_GPU,
     ram_mb: float | None = None,
     threads: int = 0,
+    measure: Measure | None = None,
+    free_mb: float | None = None,
 ) -> Plan:
     """Resources of every cell (same order as `cfgs`) and the concurrency; raises CellTooLarge before launch.
 
-    `probe=True` measures each distinct model on the GPU (needs CUDA in a Ray cluster); otherwise memory is
-    the analytic estimate. `threads` forces torch threads per trial on CPU (0 = one per core, see above).
+    `probe=True` measures each model on a GPU of the Ray cluster (cluster_probe) at each micro-batch tried;
+    otherwise memory is the analytic estimate. `measure` replaces either (a function (cfg, micro_batch) ->
+    MiB that may raise torch.OutOfMemoryError; tests inject one). The plan fills `free_mb` (default: the free
+    memory of the visible GPU, free_gpu_mb(); the card's `card_mb` when none is visible), never more than
+    `card_mb`. `threads` forces torch threads per trial on CPU (0 = one per core, see above).
     """
     cores = max(1, int(cores))
     if ram_mb is None:
@@ -176,49 +250,57 @@ def plan_resources(
     if gpus <= 0:
         return _plan_cpu(cfgs, cores, ram_mb, threads)
 
-    probed: dict[str, float] = {}
-    if probe:
-        keys = {accounting.model_key(c): c for c in cfgs}
-        probed = probe_on_cluster(keys, {k: c.train.micro_batch for k, c in keys.items()})
-
-    def measure(cfg: Config, mb: int) -> float:
-        key = accounting.model_key(cfg)
-        if probe and mb == cfg.train.micro_batch and key in probed:
-            return probed[key]
-        if probe:  # a lowered micro-batch: scale the measured activations by the analytic ratio
-            full, _, _ = analytic_memory_mb(cfg, cfg.train.micro_batch)
-            low, _, _ = analytic_memory_mb(cfg, mb)
-            return probed[key] * low / full
-        return analytic_memory_mb(cfg, mb)[0]
-
     cells, notes = [], []
+    free = free_mb if free_mb is not None else free_gpu_mb()  # before any probe holds memory
+    budget = min(card_mb, free) if free is not None and card_mb else (free or card_mb)
+    if budget < card_mb:
+        notes.append(f"planning against {budget:.0f} MiB free of the card's {card_mb:.0f} MiB (mem_get_info)")
+    if measure is None:
+        measure = cluster_probe() if probe else _analytic
+    source = "probe" if probe else "analytic"
     per_gpu_counts: dict[int, int] = {}
     for cfg in cfgs:
         tier = tier_values(cfg.model)[0]
-        mb, mem = _fit_micro_batch(cfg, card_mb, headroom, measure)
+        mb, mem, tried = fit_micro_batch(cfg, budget, headroom, measure)
         need = mem * headroom + CUDA_CONTEXT_MB
-        if need > card_mb:
+        where = f"the card has {budget:.0f} MiB" + (" free" if budget < card_mb else "")
+        if math.isinf(mem):
+            raise CellTooLarge(
+                f"tier {tier} ran out of memory in the probe at every micro_batch down to 1 (tried "
+                f"{', '.join(str(b) for b, _ in tried)}); {where}: drop the tier, use fewer frames, or freeze "
+                "a backbone"
+            )
+        if need > budget:
             raise CellTooLarge(
                 f"tier {tier} needs {need:.0f} MiB at micro_batch 1 ({mem:.0f} MiB {'probed' if probe else 'estimated'}"
-                f" x headroom {headroom} + {CUDA_CONTEXT_MB:.0f} MiB CUDA context) but the card has {card_mb:.0f} MiB;"
+                f" x headroom {headroom} + {CUDA_CONTEXT_MB:.0f} MiB CUDA context) but {where};"
                 " drop the tier, use fewer frames, or freeze a backbone"
             )
         # each trial also needs CPU to feed it: at least half a core per trial
-        k = min(trials_per_gpu(need, card_mb, max_per_gpu), _pow2_floor(2 * cores // gpus))
+        k = min(trials_per_gpu(need, budget, max_per_gpu), _pow2_floor(2 * cores // gpus))
         frac = 1.0 / k
-        cap = max(0.05, frac - CUDA_CONTEXT_MB / card_mb)
+        # the cap is a fraction of the card's total memory (torch.cuda.set_per_process_memory_fraction)
+        cap = max(0.05, (budget / k - CUDA_CONTEXT_MB) / (card_mb or budget))
         cpus = cores / (k * gpus)
         threads_ = max(1, int(cpus))
-        cells.append(CellResources(cpus, frac, threads_, mem, "probe" if probe else "analytic", mb, cap))
-        if mb != cfg.train.micro_batch:
-            notes.append(
+        cells.append(CellResources(cpus, frac, threads_, mem, source, mb, cap))
+        ooms = [b for b, m in tried if math.isinf(m)]
+        if ooms:
+            note = (
+                f"tier {tier}: the probe ran out of memory at micro_batch {', '.join(map(str, ooms))} -> {mb} "
+                f"(grad_accum x{cfg.train.micro_batch // mb}, same samples)"
+            )
+        else:
+            note = (
                 f"tier {tier}: micro_batch {cfg.train.micro_batch} -> {mb} to fit (grad_accum "
                 f"x{cfg.train.micro_batch // mb}, same samples)"
             )
+        if mb != cfg.train.micro_batch and note not in notes:
+            notes.append(note)
         per_gpu_counts[k] = per_gpu_counts.get(k, 0) + 1
         why = (
             f"tier {tier}: {mem:.0f} MiB x {headroom} + {CUDA_CONTEXT_MB:.0f} context = {need:.0f} MiB "
-            f"-> {k} per {card_mb:.0f} MiB card (gpu {frac:g}, memory cap {cap:.3f})"
+            f"-> {k} per {budget:.0f} MiB (gpu {frac:g}, memory cap {cap:.3f})"
         )
         if why not in notes:
             notes.append(why)
