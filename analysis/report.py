@@ -453,6 +453,23 @@ def _cost_section(a: Analysis, usd_per_gpu_hour: float) -> list[str]:
     return out or ["- n/a (external data)"]
 
 
+def _data_section(evals) -> list[str]:
+    """Which data the runs trained on; on ingested shards, why attention on target is empty."""
+    col = "config.data.source"
+    if evals is None or col not in evals or not (evals[col].astype(str) == "shards").any():
+        return []
+    folders = sorted(set(evals.loc[evals[col].astype(str) == "shards", "config.data.shards"].astype(str)))
+    return [
+        "## Data",
+        "",
+        f"Runs on ingested video shards ({', '.join(folders)}): real clips carry no target boxes, so "
+        "attn_on_target_coarse / attn_on_target_fine are empty (NaN) there, and there is no exact no-vision "
+        "bound for their captions (val_loss_blind is NaN; train.log prints the val captions' unigram entropy as a "
+        "weaker reference).",
+        "",
+    ]
+
+
 def _samples_section(a: Analysis) -> list[str]:
     """Captions vs truth of the best run's held-out clips (teacher-forced argmax; see samples.png)."""
     from analysis.plots import pick_samples
@@ -516,6 +533,7 @@ def write_report(
             metric_table(a.runs),
         ]
     L += _failures_section(a.runs)
+    L += _data_section(a.evals)
     L += ["## Fits", ""] + _fits_section(a)
     if a.eval_table is not None and len(a.eval_table):
         from analysis.evalcheck import to_markdown

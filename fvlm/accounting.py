@@ -285,15 +285,19 @@ def params_from_config(cfg: Config) -> tuple[int, int, str]:
 _DATA_CACHE: dict[str, tuple[int, int, str]] = {}
 
 
+def _data_key(cfg: Config) -> str:
+    return json.dumps(
+        [cfg.model.llm_path, cfg.model.tokenizer_path, cfg.data.source, cfg.data.shards, str(cfg.world)]
+    )
+
+
 def data_shape(cfg: Config) -> tuple[int, int, str]:
     """(vocabulary, padded caption length, note) of the run's data and caption codec, what FLOPs and memory
     depend on; cached. A pretrained LLM's tokenizer that is not on this machine (a hub id, offline) falls back
     to the world's word tokenizer, said in the note (the real run loads it where it runs)."""
     from fvlm.data import make_data
 
-    key = json.dumps(
-        [cfg.model.llm_path, cfg.model.tokenizer_path, cfg.data.source, cfg.data.shards, str(cfg.world)]
-    )
+    key = _data_key(cfg)
     if key not in _DATA_CACHE:
         note = ""
         try:
@@ -308,8 +312,14 @@ def data_shape(cfg: Config) -> tuple[int, int, str]:
             note = f" (tokenizer not found here: {str(e)[:80]}...; counted with the world's word tokenizer)"
         # the LLM's own vocabulary decides lm_head's FLOPs (SmolLM2 embeds 49152 ids; tokenizers may be smaller)
         vocab = (_pretrained_vocab(cfg.model.llm_path) if cfg.model.llm_path else None) or data.vocab_size
-        _DATA_CACHE[key] = (vocab, data.text_length, note)
-    return _DATA_CACHE[key]
+        _DATA_CACHE[key] = (vocab, data.text_length, note, data.train_size)
+    return _DATA_CACHE[key][:3]
+
+
+def train_clips(cfg: Config) -> int | None:
+    """Training clips the run's data holds (None: the world's infinite stream); cached with data_shape."""
+    data_shape(cfg)
+    return _DATA_CACHE[_data_key(cfg)][3]
 
 
 def _count_params(cfg: Config) -> tuple[int, int, str]:

@@ -381,6 +381,25 @@ def pretrained_sizes(m: ModelConfig) -> dict[str, int]:
     return out
 
 
+# the config's file and folder paths; local ones become absolute in resolve() (hub ids stay as given)
+PATH_FIELDS = (
+    ("model", "llm_path"),
+    ("model", "dino_path"),
+    ("model", "vae_path"),
+    ("model", "tokenizer_path"),
+    ("data", "shards"),
+)
+
+
+def path_overrides(cfg: Config) -> dict[str, str]:
+    """The resolved config's set paths as dotted overrides (absolute where local), for a trial to load."""
+    return {
+        f"{section}.{name}": getattr(getattr(cfg, section), name)
+        for section, name in PATH_FIELDS
+        if getattr(getattr(cfg, section), name)
+    }
+
+
 def resolve(cfg: Config) -> Config:
     """Fill every None size from the dial, then validate ranges. Idempotent."""
     cfg = dataclasses.replace(
@@ -402,6 +421,10 @@ def resolve(cfg: Config) -> Config:
     for key in ("llm_path", "dino_path", "vae_path"):
         if values.get(key) and not getattr(cfg.model, key):
             setattr(cfg.model, key, values[key])
+    for section, name in PATH_FIELDS:  # absolute: a Ray trial runs in its own working directory
+        value = getattr(getattr(cfg, section), name)
+        if value and Path(value).expanduser().exists():
+            setattr(getattr(cfg, section), name, str(Path(value).expanduser().resolve()))
     for key, value in pretrained_sizes(cfg.model).items():
         setattr(cfg.model, key, value)
     if cfg.model.query_dim is None:

@@ -2,7 +2,7 @@
 (``data.source=shards``, made by ``python -m fvlm.video ingest``). One interface for the loop and evaluation.
 
     from fvlm.data import make_data, train_batches
-    data = make_data(cfg)                                   # VideoWorld or fvlm.video.ShardData
+    data = make_data(cfg)                                   # VideoWorld or fvlm.shards.ShardData
     for batch in train_batches(data, cfg, start_sample=0, device=device): ...   # effective batches, in order
 
 Both sources provide: ``codec`` (fvlm.text: captions <-> tokens), ``vocab_size``, ``text_length`` (the padded
@@ -21,7 +21,7 @@ from collections.abc import Iterator
 
 import torch
 
-from fvlm.config import Config
+from fvlm.config import Config, ConfigError
 from fvlm.text import CaptionCodec, make_codec
 
 
@@ -29,7 +29,7 @@ def make_data(cfg: Config, codec: CaptionCodec | None = None):
     """The run's data source, with the run's caption codec."""
     codec = codec if codec is not None else make_codec(cfg)
     if cfg.data.source == "shards":
-        from fvlm.video import ShardData
+        from fvlm.shards import ShardData
 
         return ShardData(cfg.data, cfg.world, codec)
     from fvlm.world import VideoWorld
@@ -53,6 +53,15 @@ def train_batches(data, cfg: Config, start_sample: int, device: torch.device) ->
     while True:
         yield data.batch("train", range(i, i + b), stream_seed=cfg.train.seed)
         i += b
+
+
+def check_one_epoch(cfg: Config, samples: int, train_size: int | None) -> None:
+    """A run sees each training clip at most once (upstream fVLM memorised captions at 7.5 epochs)."""
+    if train_size is not None and samples > train_size:
+        raise ConfigError(
+            f"the run needs {samples:,} training clips but {cfg.data.shards} holds {train_size:,}: at most one "
+            "epoch (upstream memorised captions at 7.5 epochs); lower the budget or ingest more videos"
+        )
 
 
 def split_batch(batch: dict, size: int) -> list[dict]:

@@ -39,7 +39,7 @@ import torch
 from fvlm import accounting
 from fvlm.checkpoint import Checkpoints, load_state, restore_rng_state, rng_state, unwrap_state_dict
 from fvlm.config import Config, ConfigError, config_hash, describe, load_config, tier_values
-from fvlm.data import make_data, split_batch, train_batches
+from fvlm.data import check_one_epoch, make_data, split_batch, train_batches
 from fvlm.evaluate import coarse_is_trained, evaluate
 from fvlm.model import FoveatedVLM, autocast
 from fvlm.text import make_codec
@@ -211,11 +211,7 @@ def train(
     model, data = build(cfg, device)
     flops_per_sample = run_flops_per_sample(cfg, data, model)
     steps, samples = total_steps(cfg, flops_per_sample)
-    if data.train_size is not None and samples > data.train_size:
-        raise ConfigError(
-            f"the run needs {samples:,} training clips but {cfg.data.shards} holds {data.train_size:,}: at most "
-            "one epoch (upstream memorised captions at 7.5 epochs); lower the budget or ingest more videos"
-        )
+    check_one_epoch(cfg, samples, data.train_size)
     params = accounting.count_params(model)
     tier, _ = tier_values(cfg.model)
     peak, peak_src = accounting.peak_flops(device)

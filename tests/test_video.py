@@ -27,10 +27,10 @@ import torch
 
 from fvlm.config import ConfigError, DataConfig, WorldConfig, load_config
 from fvlm.data import make_data
+from fvlm.shards import ShardData
 from fvlm.text import CaptionCodec
 from fvlm.video import (
     Settings,
-    ShardData,
     caption_for,
     decode_folder,
     decode_video,
@@ -628,3 +628,41 @@ def data_words() -> set[str]:
     from fvlm.world import VOCAB
 
     return set(VOCAB)
+
+
+@pytest.mark.slow
+def test_the_smoke_grid_trains_on_shards_given_by_a_relative_path(
+    ray_cluster, tmp_path, ingested, first_run, monkeypatch
+):
+    """The Tune harness on shards: a relative data.shards reaches the trials (which run in their own working
+    directories) as an absolute path; the final row has the shard captions; the report says why attention on
+    target is empty."""
+    from analysis import fit_laws
+    from analysis.store import load_store
+    from fvlm import accounting
+    from tune import scaling_grid
+
+    _, out, captions, _ = ingested
+    monkeypatch.chdir(out.parent)
+    sets = {"data.source": "shards", "data.shards": out.name, "world.frame_size": SIZE, "world.frames": T}
+    sets["train.batch_size"] = 4
+    probe = load_config(None, {**sets, "model.scale": 1, "train.steps": 1})
+    vocab, text_len, _ = accounting.data_shape(probe)
+    flops = accounting.flops_per_sample(probe, vocab, text_len=text_len)
+    common = ["--smoke-test", "--preset", "cpu", "--tiers", "1", "--storage", str(tmp_path)]
+    common += [x for k, v in sets.items() for x in ("--set", f"{k}={v}")]
+    # more clips than one epoch (6 steps of 4 > 14 train clips): refused before anything runs
+    assert scaling_grid.main([*common, "--budgets", f"{6 * 4 * flops * 1.01:.4g}"]) == 2
+    assert not (tmp_path / "grid-cpu-smoke").exists()
+    assert scaling_grid.main([*common, "--budgets", f"{2 * 4 * flops * 1.01:.4g}"]) == 0  # 2 steps of 4
+    evals, runs = load_store(tmp_path / "grid-cpu-smoke")
+    assert runs["status"].tolist() == ["complete"]
+    final = evals.iloc[-1]
+    assert final["config.data.shards"] == str(out.resolve())
+    assert final["status"] == "complete" and final["step"] == 2 and math.isnan(final["attn_on_target_fine"])
+    clips = json.loads(final["samples_json"])["clips"]
+    assert clips and all(c["truth"] == captions[c["clip_id"]] for c in clips)
+    report_dir = tmp_path / "report"
+    fit_laws.main(["--store", str(tmp_path / "grid-cpu-smoke"), "--out", str(report_dir), "--bootstrap", "0"])
+    text = (report_dir / "REPORT.md").read_text()
+    assert "## Data" in text and "no target boxes" in text and str(out.resolve()) in text

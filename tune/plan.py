@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fvlm import accounting
-from fvlm.config import Config, ConfigError, config_hash, load_config, tier_values
+from fvlm.config import Config, ConfigError, config_hash, load_config, path_overrides, tier_values
 from fvlm.contract import SETTLED_STATUSES
 from tune.flags import Context, UsageError
 from tune.resources import CellTooLarge, Plan, analytic_memory_mb, plan_resources
@@ -58,6 +58,7 @@ def make_cell(ctx: Context, name: str, overrides: dict, meta: dict) -> Cell:
 
     The command's --set overrides apply last, to every cell; the trial records its base config, generation
     and --set (ctx.generation_meta) so the store can tell runs of different base configs apart."""
+    from fvlm.data import check_one_epoch
     from fvlm.train import total_steps
 
     overrides = {**overrides, **ctx.sets}
@@ -71,10 +72,12 @@ def make_cell(ctx: Context, name: str, overrides: dict, meta: dict) -> Cell:
     }
     try:
         cfg = load_config(ctx.base_config, overrides)
+        overrides.update(path_overrides(cfg))  # absolute: a trial runs in its own working directory
         _, params, params_note = analytic_memory_mb(cfg)
         vocab, text_len, _ = accounting.data_shape(cfg)
         flops = accounting.flops_per_sample(cfg, vocab, text_len=text_len)
         steps, samples = total_steps(cfg, flops)
+        check_one_epoch(cfg, samples, accounting.train_clips(cfg))  # refused here, not in the trial
     except ConfigError as e:
         raise UsageError(f"cell {name}: {e}") from None
     return Cell(name, overrides, meta, cfg, flops, steps, samples, params, params_note=params_note)
