@@ -84,27 +84,13 @@ def test_make_codec_and_its_errors(tmp_path):
     tok.save_pretrained(tmp_path / "chat")
     plain = chat_tokenizer(with_template=False)
     plain.save_pretrained(tmp_path / "plain")
-    llm = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=len(tok),
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-        )
-    )
-    llm.save_pretrained(tmp_path / "llm")
-    small = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=100,
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-        )
-    )
+
+    def tiny_llm(vocab: int):
+        shape = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+        return LlamaForCausalLM(LlamaConfig(vocab_size=vocab, num_key_value_heads=1, **shape))
+
+    tiny_llm(len(tok)).save_pretrained(tmp_path / "llm")
+    small = tiny_llm(100)
     small.save_pretrained(tmp_path / "small")
     ok = make_codec(
         load_config(
