@@ -5,7 +5,8 @@
 
 FLOPs count 2 per multiply-accumulate (true FLOPs, unlike upstream's MAC count) for every matmul and
 attention product the forward pass runs, by the same structure as fvlm/model.py: one DINO patch pass
-(plus a 2x one for ``fine_read=hires``), ``1 + fine_iters`` query reads, the LLM passes, ``lm_head`` on the
+(plus a 2x finer one for ``fine_read=hires``; with ``fine_read=foveal`` the
+coarse pass runs on 2x downsampled frames and a second pass on the native ones), ``1 + fine_iters`` query reads, the LLM passes, ``lm_head`` on the
 caption positions, and the reconstruction head. Norms, softmax and elementwise ops are ignored (a few
 percent).
 
@@ -173,7 +174,9 @@ def _by_component(cfg: Config, vocab: int, train: bool, text_len: int | None = N
     caption = m.objective in ("caption", "joint")
     scored = s if caption else 0  # lm_head runs on every caption position
     coarse_only = m.mode == "coarse_only"
+    coarse_grid = grid // 2 if m.fine_read == "foveal" else grid  # foveal: the coarse read sees a downsample
     fine_grid = grid * 2 if m.fine_read == "hires" else grid
+    shared = m.fine_read == "same"  # the fine read reuses the coarse read's patches
     need_coarse = coarse_only or m.lambda_coarse > 0  # the coarse pass also scores the caption
     # which passes reach the loss: query_source=random replaces the LLM's queries by fresh draws, so the
     # passes that only make queries (and the fine reads they were made from) get no gradient
@@ -181,15 +184,15 @@ def _by_component(cfg: Config, vocab: int, train: bool, text_len: int | None = N
     coarse_live = train and (need_coarse or queries)
     mid_live = train and queries  # fine iterations before the last
     last_live = train
-    dino = _dino_pass(cfg, grid, coarse_live or (last_live and fine_grid == grid and not coarse_only))
-    reads = _query_read(cfg, grid, coarse_live)
+    dino = _dino_pass(cfg, coarse_grid, coarse_live or (last_live and shared and not coarse_only))
+    reads = _query_read(cfg, coarse_grid, coarse_live)
     proj = 2 * m.dino_hidden * m.llm_hidden
     projections = _op(proj, coarse_live, True, True)
     llm = _llm_pass(cfg, t + s if need_coarse else t, vocab, scored if need_coarse else 0, coarse_live)
     heads = 1 if need_coarse else 0
     to_query = 0.0
     if not coarse_only:
-        if m.fine_read == "hires":
+        if not shared:
             dino += _dino_pass(cfg, fine_grid, last_live)
         for it in range(m.fine_iters):
             live = last_live if it == m.fine_iters - 1 else mid_live
@@ -362,12 +365,13 @@ def memory_estimate_mb(
     m, w = cfg.model, cfg.world
     t, s = w.frames, caption_length(cfg, text_len)
     grid = w.frame_size // m.patch_size
-    p = grid * grid + 1
     layers = m.layers_used or m.dino_layers
-    dino = t * layers * (34 * p * m.dino_hidden + 5 * m.dino_heads * p * p)
-    if m.fine_read == "hires":
-        p2 = 4 * grid * grid + 1
-        dino += t * layers * (34 * p2 * m.dino_hidden + 5 * m.dino_heads * p2 * p2)
+    # DINO passes: one per distinct patch grid (coarse, and the fine one unless fine_read=same)
+    grids = {"same": [grid], "hires": [grid, 2 * grid], "foveal": [grid // 2, grid]}[m.fine_read]
+    dino = 0
+    for g in grids:
+        p = g * g + 1
+        dino += t * layers * (34 * p * m.dino_hidden + 5 * m.dino_heads * p * p)
     n = t + s
     passes = 1 if m.mode == "coarse_only" else 1 + m.fine_iters
     llm = passes * m.llm_layers * (34 * n * m.llm_hidden + 5 * m.llm_heads * n * n) + 3 * s * vocab

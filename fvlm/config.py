@@ -79,7 +79,7 @@ class ModelConfig:
     fine_iters: int = 1  # fine passes; each takes its queries from the previous pass's LLM states
     mode: str = "coarse_fine"  # training mode: coarse_fine (foveated) | coarse_only (static query arm)
     lambda_coarse: float = 0.5  # weight of the coarse loss (trains the static read; makes loss_ratio live)
-    fine_read: str = "same"  # fine pass reads the same patch grid (same) or a 2x finer one (hires)
+    fine_read: str = "same"  # same grid | hires (2x grid, same pixels) | foveal (coarse sees a 2x downsample)
     pos_code: bool = True  # add a 2D sin-cos code of where the query looked to its token (motion needs it)
     query_source: str = "llm"  # fine queries from the LLM (llm) | aimed at the true target (oracle) | random
     visual_scale: float | None = None  # multiplier on visual tokens (None = LLM embedding std at init)
@@ -156,7 +156,7 @@ CHOICES = {
     "world.distractor_style": ("gray", "colored"),
     "data.source": ("world", "shards"),
     "model.mode": ("coarse_fine", "coarse_only"),
-    "model.fine_read": ("same", "hires"),
+    "model.fine_read": ("same", "hires", "foveal"),
     "model.query_source": ("llm", "oracle", "random"),
     "model.objective": ("caption", "reconstruct", "joint"),
     "train.schedule": ("constant", "wsd", "cosine"),
@@ -473,8 +473,13 @@ def validate(cfg: Config) -> None:
     _check(m.lambda_coarse >= 0, "model.lambda_coarse: must be >= 0")
     _check(m.head_hidden >= 1, "model.head_hidden: must be >= 1")
     _check(
-        not (m.mode == "coarse_only" and m.fine_read == "hires"),
-        "model.fine_read=hires needs model.mode=coarse_fine (coarse_only has no fine pass)",
+        not (m.mode == "coarse_only" and m.fine_read != "same"),
+        f"model.fine_read={m.fine_read} needs model.mode=coarse_fine (coarse_only has no fine pass)",
+    )
+    _check(
+        m.fine_read != "foveal" or w.frame_size % (2 * m.patch_size) == 0,
+        f"model.fine_read=foveal: the coarse read sees frames downsampled 2x, so world.frame_size "
+        f"({w.frame_size}) must be a multiple of 2 x model.patch_size ({2 * m.patch_size})",
     )
     _check(
         w.frame_size % m.patch_size == 0,

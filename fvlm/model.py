@@ -330,10 +330,20 @@ class FoveatedVLM(nn.Module):
         allowed = torch.cat([torch.zeros_like(mask[:, :1]), mask], dim=1)  # CLS excluded
         return torch.where(allowed, 0.0, -1e4)
 
-    def _fine_cache(self, frames: torch.Tensor, coarse: PatchCache) -> PatchCache:
-        if self.cfg.fine_read == "same":
-            return coarse
-        # 'hires': the fine pass reads a 2x finer patch grid (the same DINO on 2x upsampled frames)
+    def _coarse_cache(self, frames: torch.Tensor) -> PatchCache:
+        """The coarse read's patches: the frames, or with fine_read=foveal a 2x average-pooled copy (the
+        periphery: a quarter of the patches, and detail below two pixels is gone)."""
+        x = frames.flatten(0, 1)
+        return self.encoder.encode(F.avg_pool2d(x, 2) if self.cfg.fine_read == "foveal" else x)
+
+    def _fine_cache(self, frames: torch.Tensor, coarse: PatchCache | None) -> PatchCache:
+        """The fine read's patches: the coarse ones (same), the native frames (foveal), or a 2x finer grid of
+        the same pixels (hires: the same DINO on 2x upsampled frames)."""
+        mode = self.cfg.fine_read
+        if mode == "same":
+            return coarse if coarse is not None else self.encoder.encode(frames.flatten(0, 1))
+        if mode == "foveal":
+            return self.encoder.encode(frames.flatten(0, 1))
         up = F.interpolate(frames.flatten(0, 1), scale_factor=2, mode="bilinear", align_corners=False)
         return self.encoder.encode(up)
 
@@ -385,7 +395,7 @@ class FoveatedVLM(nn.Module):
         wants_caption = self.cfg.objective in ("caption", "joint")
         latents = self._latents(frames) if wants_recon else None
 
-        cache = self.encoder.encode(frames.flatten(0, 1))
+        cache = self._coarse_cache(frames)
         v_coarse, attn_coarse = self._read(cache, self.q_static.expand(b * t, -1).view(b, t, -1), None)
         need_coarse_loss = mode == "coarse_only" or self.cfg.lambda_coarse > 0 or compute_coarse
         out = Output(loss=torch.zeros(()), attn_coarse=attn_coarse)
@@ -442,7 +452,7 @@ class FoveatedVLM(nn.Module):
 
         frames, ids, mask = batch["frames"], batch["input_ids"], batch["loss_mask"]
         b, t = frames.shape[:2]
-        cache = self._fine_cache(frames, self.encoder.encode(frames.flatten(0, 1)))
+        cache = self._fine_cache(frames, None)
         frame_idx = torch.arange(b * t, device=frames.device).view(b, t)
         bias = (
             self._oracle_bias(batch["boxes"], cache.grid).view(b, t, -1)

@@ -36,6 +36,13 @@ CASES = {
     "s4": {"model.scale": 4},
     "s2 shallow query": {"model.scale": 2, "model.deep_query": False},
     "s2 fine_iters=2 hires": {"model.scale": 2, "model.fine_iters": 2, "model.fine_read": "hires"},
+    "s2 foveal": {"model.scale": 2, "model.fine_read": "foveal"},
+    "s2 fine_iters=2 foveal, lambda_coarse=0": {
+        "model.scale": 2,
+        "model.fine_iters": 2,
+        "model.fine_read": "foveal",
+        "model.lambda_coarse": 0.0,
+    },
     "s2 coarse_only": {"model.scale": 2, "model.mode": "coarse_only"},
     "s2 lambda_coarse=0": {"model.scale": 2, "model.lambda_coarse": 0.0},
     "s2 layers_used=1, no pos code": {"model.scale": 2, "model.layers_used": 1, "model.pos_code": False},
@@ -67,6 +74,7 @@ FROZEN = {
         "model.fine_read": "hires",
         "model.fine_iters": 2,
     },
+    "s2 frozen dino, foveal": {"model.scale": 2, "model.freeze_dino": True, "model.fine_read": "foveal"},
     "s1 frozen llm, joint": {"model.scale": 1, "model.freeze_llm": True, "model.objective": "joint"},
 }
 

@@ -397,7 +397,13 @@ def test_fine_iters_at_least_frames_equals_autoregressive_inference(deep):
 
 
 @pytest.mark.parametrize(
-    "extra", [{}, {"model.fine_iters": 2}, {"model.fine_read": "hires", "model.deep_query": False}]
+    "extra",
+    [
+        {},
+        {"model.fine_iters": 2},
+        {"model.fine_read": "hires", "model.deep_query": False},
+        {"model.fine_read": "foveal"},
+    ],
 )
 def test_fine_reads_of_frames_up_to_t_do_not_see_later_frames(extra):
     """coarse_fine: replacing frames > t (here by other clips' frames) leaves the fine reads of frames <= t
@@ -541,3 +547,25 @@ def test_random_backbones_follow_the_dial_init_std(scale):
         model.encoder.dino.encoder.layer[0].attention.q_proj.weight,
     ):
         assert w.std().item() == pytest.approx(std, rel=0.1)
+
+
+def test_the_foveal_read_sees_detail_that_the_coarse_read_cannot():
+    """fine_read=foveal: the coarse read's patches are those of the 2x average-pooled frames (a quarter of the
+    patches), the fine read's those of the native frames. A pixel pattern that averages out over 2x2 blocks
+    (a checkerboard of +-d) leaves every coarse output unchanged and changes the fine read."""
+    model, world = make(**{"model.fine_read": "foveal"})
+    batch = world.batch("train", range(2))
+    frames = batch["frames"]
+    cache = model._coarse_cache(frames)
+    pooled = model.encoder.encode(F.avg_pool2d(frames.flatten(0, 1), 2))
+    assert cache.grid * 2 == model._fine_cache(frames, cache).grid == frames.shape[-1] // model.cfg.patch_size
+    assert all(torch.equal(a, b) for a, b in zip(cache.keys, pooled.keys, strict=True))
+    h = frames.shape[-1]
+    checker = ((torch.arange(h)[:, None] + torch.arange(h)[None, :]) % 2 * 2 - 1).float() * 0.1
+    detailed = dict(batch, frames=frames + checker)  # not clamped: clamping would break the zero mean
+    with torch.no_grad():
+        ref, out = model(batch, compute_coarse=True), model(detailed, compute_coarse=True)
+    assert torch.allclose(out.attn_coarse, ref.attn_coarse, atol=1e-5)
+    assert torch.allclose(out.loss_coarse, ref.loss_coarse, atol=1e-5)
+    assert not torch.allclose(out.attn_fine, ref.attn_fine, atol=1e-4)
+    assert not torch.allclose(out.tokens_fine, ref.tokens_fine, atol=1e-4)
