@@ -45,6 +45,7 @@ class WorldConfig:
     sprite_size: int = 8  # target sprite side in pixels
     distractors: int = 3  # number of distractor sprites
     distractor_style: str = "gray"  # gray (only the target is coloured) | colored (told apart by motion)
+    task: str = "track"  # track (name the target's colour, shape, motion) | cue (find it by a frame-0 cue)
     noise: float = 0.02  # std of pixel noise
     speed: float = 3.0  # target speed in pixels per frame
     turn_prob: float = 0.5  # chance the target turns once, at mid-clip, to a perpendicular direction
@@ -154,6 +155,7 @@ class Config:
 
 CHOICES = {
     "world.distractor_style": ("gray", "colored"),
+    "world.task": ("track", "cue"),
     "data.source": ("world", "shards"),
     "model.mode": ("coarse_fine", "coarse_only"),
     "model.fine_read": ("same", "hires", "foveal"),

@@ -22,6 +22,16 @@ Each clip is ``T`` RGB frames of ``H x W`` pixels (``cfg.frames``, ``cfg.frame_s
 * Gaussian pixel noise of std ``cfg.noise``, i.i.d. per pixel, channel and frame (drawn as 16-bit uniforms
   mapped through the normal quantile function: 3x cheaper than ``standard_normal``), then clipping to [0, 1].
 
+**Task ``cue``** (``cfg.task="cue"``, the thesis testbed: the object that matters is picked out by temporal
+context, not by saliency in any one frame). Every sprite, target and ``cfg.distractors`` look-alikes, has the
+clip's shape and the same gray (``CUE_GRAY``), and each moves ``cfg.speed`` px/frame in its own direction
+(the target as in ``track``, turns included). Frame 0 only: the target is filled white (the cue). Frames
+``>= T//2``: every sprite carries a centred dot of ``max(1, sprite // 4)`` px in its own colour (the
+target's is the caption's colour; the distractors' are the other colours, all distinct), so the colour
+can only be read where the cue was and after the sprites have moved: a static query cannot know where to
+look, and a 2-px dot averages away under a 2x downsample (``model.fine_read=foveal``). ``distractor_style``
+is ignored. The caption grammar, its distribution and the no-vision bound are those of ``track``.
+
 Caption grammar (what a viewer must look at)::
 
     <bos> {colour} {shape} moves {dir1} [then {dir2}] <eos>
@@ -96,6 +106,7 @@ GRAY_DRIFT = 0.5  # max drift of a gray distractor, px/frame per axis (at the re
 # another patch (224 px frames, patch 14 for DINOv2) gets them scaled by patch_size / REFERENCE_PATCH, so
 # the task is the same in patch units: an 8 px sprite at patch 14 would be smaller than one patch.
 REFERENCE_PATCH = 8
+CUE_GRAY = 0.3  # task=cue: every sprite's luminance (background 0.5); the frame-0 cue is white
 BACKGROUND = 0.5
 CLUTTER_WAVES = 3
 SPLIT_CODES = {"train": 1, "val": 2, "test": 3}
@@ -203,6 +214,13 @@ def check_world(cfg: WorldConfig) -> None:
         bad(f"sprite_size must be in [4, frame_size={cfg.frame_size}], got {cfg.sprite_size}")
     if cfg.distractors < 0:
         bad(f"distractors must be >= 0, got {cfg.distractors}")
+    if cfg.task not in ("track", "cue"):
+        bad(f"task must be 'track' or 'cue', got {cfg.task!r}")
+    if cfg.task == "cue" and not 1 <= cfg.distractors <= len(COLOURS) - 1:
+        bad(
+            f"task=cue needs 1..{len(COLOURS) - 1} distractors (each look-alike gets its own dot colour), "
+            f"got {cfg.distractors}"
+        )
     if cfg.distractor_style not in ("gray", "colored"):
         bad(f"distractor_style must be 'gray' or 'colored', got {cfg.distractor_style!r}")
     if cfg.noise < 0 or cfg.clutter < 0:
@@ -310,7 +328,12 @@ class VideoWorld:
         # distractors (7 uniforms each: shape, colour, luminance, x, y, vx, vy); gray drift, coloured are static
         du = u[:, _U_DISTRACTORS:].reshape(b, d, 7)
         d_shape = np.minimum(np.floor(du[..., 0] * 4), 3).astype(np.int64)
-        if cfg.distractor_style == "gray":
+        cue = cfg.task == "cue"
+        if cue:  # look-alikes: the clip's shape, one gray, each moving at the target's speed its own way
+            d_shape = np.broadcast_to(shape[:, None], (b, d))
+            vel = DIR_VECTORS[np.minimum(np.floor(du[..., 5] * 4), 3).astype(np.int64)] * self.speed
+            d_rgb = np.full((b, d, 3), CUE_GRAY, dtype=np.float32)
+        elif cfg.distractor_style == "gray":
             vel = (du[..., 5:7] * 2 - 1) * self.drift  # [B, D, 2]
             lum = 0.15 + 0.4 * du[..., 2]
             lum = np.where(lum > 0.35, lum + 0.3, lum)
@@ -349,20 +372,44 @@ class VideoWorld:
             frames[:] = bg[:, None, None]
         flat = frames.reshape(-1)
         flat_raw = raw.reshape(-1) if raw is not None else None
-        ar = np.arange(s)
         plane = h * h
         frame_base = (np.arange(b * t).reshape(b, t) * 3 * plane)[:, :, None, None]
-        window = (ar[:, None] * h + ar[None, :])[None, None]  # [1, 1, s, s] offsets of the sprite's pixels
-        sprites = [(d_pos[:, n], d_shape[:, n], d_rgb[:, n]) for n in range(d)]
-        sprites.append((t_pos, shape, PALETTE[colour]))
-        for pos, shp, rgb in sprites:
-            idx = frame_base + (pos[:, :, 1] * h + pos[:, :, 0])[:, :, None, None] + window  # [B, T, s, s]
-            on = np.broadcast_to(self.masks[shp][:, None], idx.shape)
+
+        def stamp(pos: np.ndarray, mask: np.ndarray, rgb: np.ndarray, first: int = 0, last: int = t) -> None:
+            """Overwrite the pixels of mask [B, m, m] at top-left pos [B, T, 2] in frames first..last-1 with
+            rgb [B, 3] + the same pixels' noise."""
+            ar = np.arange(mask.shape[-1])
+            window = (ar[:, None] * h + ar[None, :])[None, None]  # [1, 1, m, m] offsets of the pixels
+            at_t = pos[:, first:last]
+            idx = frame_base[:, first:last] + (at_t[..., 1] * h + at_t[..., 0])[:, :, None, None] + window
+            on = np.broadcast_to(mask[:, None], idx.shape)
             sel = idx[on]
             rep = np.repeat(rgb, on.reshape(b, -1).sum(1), axis=0)  # [n_sel, 3]
             for c in range(3):
                 at = sel + c * plane
                 flat[at] = rep[:, c] if flat_raw is None else rep[:, c] + self._noise_lut[flat_raw[at]]
+
+        for n in range(d):
+            stamp(d_pos[:, n], self.masks[d_shape[:, n]], d_rgb[:, n])
+        if not cue:
+            stamp(t_pos, self.masks[shape], PALETTE[colour])
+        else:
+            stamp(t_pos, self.masks[shape], np.full((b, 3), CUE_GRAY, dtype=np.float32))
+            stamp(t_pos, np.ones((b, s, s), dtype=bool), np.ones((b, 3), dtype=np.float32), last=1)  # the cue
+            # dots from T//2 on: the target's in the caption's colour, each look-alike's in another colour,
+            # all distinct (drawn without replacement from the other colours by the distractors' uniforms)
+            rows = np.arange(b)
+            free = np.arange(len(COLOURS))[None, :] != colour[:, None]  # [B, 6]
+            d_colour = np.empty((b, d), dtype=np.int64)
+            for n in range(d):
+                k = np.minimum(np.floor(du[:, n, 1] * free.sum(1)), free.sum(1) - 1)  # the k-th free colour
+                d_colour[:, n] = np.argmax(free & (np.cumsum(free, axis=1) == k[:, None] + 1), axis=1)
+                free[rows, d_colour[:, n]] = False
+            q = max(1, s // 4)
+            dot, inset = np.ones((b, q, q), dtype=bool), (s - q) // 2
+            for n in range(d):
+                stamp(d_pos[:, n] + inset, dot, PALETTE[d_colour[:, n]], first=t // 2)
+            stamp(t_pos + inset, dot, PALETTE[colour], first=t // 2)
         np.clip(frames, 0.0, 1.0, out=frames)
 
         boxes = np.concatenate([t_pos, t_pos + s], axis=-1).astype(np.float32)  # [B, T, 4]

@@ -11,8 +11,10 @@ from transformers import AutoTokenizer
 
 from fvlm.config import WorldConfig
 from fvlm.world import (
+    BACKGROUND,
     BOS_ID,
     COLOURS,
+    CUE_GRAY,
     DIR_VECTORS,
     DIRECTIONS,
     EOS_ID,
@@ -390,3 +392,80 @@ def test_geometry_is_in_patch_units():
     assert np.allclose(step_a, step_b, atol=0.15)  # the same motion in patches per frame (up to rounding)
     patches = box_patch_mask(torch.from_numpy(clip_b["boxes"]), 224 // 14, 224).sum(-1)
     assert (patches >= 1).all() and (patches <= 4).all()  # one patch, or the patches it straddles
+
+
+# ----------------------------------------------------------------------------- task=cue (the thesis testbed)
+
+
+def _sprite_at(frames: np.ndarray, pos: np.ndarray, size: int) -> np.ndarray:
+    """[T, 3, size, size] pixels of a sprite whose top-left corner is pos [T, 2] (x, y)."""
+    return np.stack(
+        [f[:, y : y + size, x : x + size] for f, (x, y) in zip(frames, pos.astype(int), strict=True)]
+    )
+
+
+def test_cue_world_the_target_is_told_apart_only_by_the_frame_0_cue():
+    """Without noise and clutter: frame 0 shows the target filled white; in every later frame, outside the
+    dots, the target's pixels equal a look-alike's (same shape, same gray), so no single later frame says
+    which sprite is the target; colour is only in the dots, only from frame T//2 on, one distinct colour
+    per sprite, and the target's dot has the caption's colour."""
+    cfg = small(task="cue", noise=0.0, clutter=0.0, distractors=3, turn_prob=0.0)
+    w = VideoWorld(cfg)
+    t, s = cfg.frames, w.sprite
+    q = max(1, s // 4)
+    inset = (s - q) // 2
+    for i in range(8):
+        c = w.clip("train", i)
+        f, box = c["frames"], c["boxes"]
+        target = _sprite_at(f, box[:, :2], s)
+        assert np.all(target[0] == 1.0)  # the cue: filled white, frame 0 only
+        assert not np.any(target[1:] == 1.0)
+        chroma = f.max(1) - f.min(1)  # [T, H, W]: 0 for gray pixels
+        assert np.all(chroma[: t // 2] < 1e-6)  # no colour before T//2
+        dot = target[t // 2 :, :, inset : inset + q, inset : inset + q]
+        want = PALETTE[COLOURS.index(c["slots"]["colour"])]
+        assert np.allclose(dot, want[None, :, None, None], atol=1e-6)
+        body = target[1 : t // 2]  # after the cue, before the dots: the target's box holds only grays
+        assert (np.isclose(body, CUE_GRAY) | np.isclose(body, BACKGROUND)).all()
+        assert np.isclose(body, CUE_GRAY).any()
+        # distinct dot colours: as many saturated colours in the last frame as sprites (when no dot hides)
+        last = f[-1].reshape(3, -1).T[chroma[-1].reshape(-1) > 0.3]
+        assert len({tuple(np.round(p, 3)) for p in last}) <= cfg.distractors + 1
+
+
+def test_cue_world_look_alikes_share_the_target_s_shape_and_move_at_its_speed():
+    """Every sprite in a cue clip has the clip's shape, and the look-alikes move like the target (speed px per
+    frame along one axis), so motion does not single it out either."""
+    cfg = small(task="cue", noise=0.0, clutter=0.0, distractors=2, turn_prob=0.0)
+    w = VideoWorld(cfg)
+    r = w._render("train", range(16), 0)
+    gray = np.isclose(r["frames"][:, 1], CUE_GRAY).all(1)  # [B, H, W]: sprite-body pixels in frame 1
+    for k in range(16):
+        box = r["boxes"][k, 1].astype(int)
+        shape = SHAPES.index(r["captions"][k].split()[1])
+        mine = gray[k, box[1] : box[3], box[0] : box[2]]
+        assert mine[w.masks[shape]].all()  # the target's body: its shape, in the look-alikes' gray
+        others = gray[k].sum() - mine.sum()
+        assert others >= w.masks[shape].sum()  # at least one look-alike is visible in full or in part
+
+
+def test_cue_world_is_deterministic_paired_and_keeps_the_track_world():
+    """Clip i of a stream is the same in any batch; the cue and track worlds share the target (caption,
+    path) for an index; the track world's clips are unchanged by the new task."""
+    cue, track = VideoWorld(small(task="cue")), VideoWorld(small())
+    a = cue.batch("train", range(4, 12), stream_seed=5)
+    b = cue.batch("train", range(0, 16), stream_seed=5)
+    assert torch.equal(a["frames"], b["frames"][4:12]) and a["captions"] == b["captions"][4:12]
+    t = track.batch("train", range(4, 12), stream_seed=5)
+    assert a["captions"] == t["captions"] and torch.equal(a["boxes"], t["boxes"])
+    assert not torch.equal(a["frames"], t["frames"])
+    assert cue.blind_entropy() == pytest.approx(track.blind_entropy())  # the same caption distribution
+
+
+def test_cue_world_refuses_what_it_cannot_render():
+    with pytest.raises(ValueError, match="task=cue needs 1..5 distractors"):
+        VideoWorld(small(task="cue", distractors=0))
+    with pytest.raises(ValueError, match="task=cue needs 1..5 distractors"):
+        VideoWorld(small(task="cue", distractors=6))
+    with pytest.raises(ValueError, match="task must be"):
+        VideoWorld(small(task="find"))
