@@ -180,7 +180,7 @@ def _by_component(cfg: Config, vocab: int, train: bool, text_len: int | None = N
     need_coarse = coarse_only or m.lambda_coarse > 0  # the coarse pass also scores the caption
     # which passes reach the loss: query_source=random replaces the LLM's queries by fresh draws, so the
     # passes that only make queries (and the fine reads they were made from) get no gradient
-    queries = m.query_source != "random"
+    queries = m.query_source in ("llm", "oracle")  # random and static discard the LLM-made queries
     coarse_live = train and (need_coarse or queries)
     mid_live = train and queries  # fine iterations before the last
     last_live = train
@@ -203,6 +203,8 @@ def _by_component(cfg: Config, vocab: int, train: bool, text_len: int | None = N
         to_query = m.fine_iters * _op(2 * m.llm_hidden * m.query_dim, mid_live, True, True)  # llm_to_query
         heads += 1
     out = {"dino": t * dino, "query": t * (reads + to_query), "projections": t * projections, "llm": llm}
+    if m.aim and m.query_source == "llm" and not coarse_only:  # llm_to_aim on frames 0..T-2, per pass
+        out["query"] += m.fine_iters * (t - 1) * _op(2 * m.llm_hidden * 2, mid_live, True, True)
     if m.objective in ("reconstruct", "joint"):
         out["head"] = heads * (t - 1) * _head(cfg, train)
     return out

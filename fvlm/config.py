@@ -82,7 +82,10 @@ class ModelConfig:
     lambda_coarse: float = 0.5  # weight of the coarse loss (trains the static read; makes loss_ratio live)
     fine_read: str = "same"  # same grid | hires (2x grid, same pixels) | foveal (coarse sees a 2x downsample)
     pos_code: bool = True  # add a 2D sin-cos code of where the query looked to its token (motion needs it)
-    query_source: str = "llm"  # fine queries from the LLM (llm) | aimed at the true target (oracle) | random
+    query_source: str = "llm"  # fine queries from: the LLM (llm) | the true target (oracle) | random | static
+    aim: bool = False  # the fine read also gets an aim (x, y): a Gaussian prior on its attention
+    aim_sigma: float = 0.25  # aim prior width in half-frames (fixed: a learned one grows to the frame)
+    aim_loss: float = 0.0  # weight of an MSE pulling the LLM-made aim to the true target centre (needs boxes)
     visual_scale: float | None = None  # multiplier on visual tokens (None = LLM embedding std at init)
     # --- objectives ---
     objective: str = "caption"  # caption (text CE) | reconstruct (next-frame VAE latents, MSE) | joint
@@ -159,7 +162,7 @@ CHOICES = {
     "data.source": ("world", "shards"),
     "model.mode": ("coarse_fine", "coarse_only"),
     "model.fine_read": ("same", "hires", "foveal"),
-    "model.query_source": ("llm", "oracle", "random"),
+    "model.query_source": ("llm", "oracle", "random", "static"),
     "model.objective": ("caption", "reconstruct", "joint"),
     "train.schedule": ("constant", "wsd", "cosine"),
     "train.eval_spacing": ("log", "linear"),
@@ -474,6 +477,16 @@ def validate(cfg: Config) -> None:
     _check(m.query_init_std > 0, "model.query_init_std: must be > 0")
     _check(m.lambda_coarse >= 0, "model.lambda_coarse: must be >= 0")
     _check(m.head_hidden >= 1, "model.head_hidden: must be >= 1")
+    _check(m.aim_sigma > 0, "model.aim_sigma: must be > 0")
+    _check(m.aim_loss >= 0, "model.aim_loss: must be >= 0")
+    _check(
+        m.aim_loss == 0 or (m.aim and m.query_source == "llm"),
+        "model.aim_loss > 0 trains the LLM-made aim: set model.aim=true and model.query_source=llm",
+    )
+    _check(
+        cfg.data.source == "world" or (m.query_source != "oracle" and m.aim_loss == 0),
+        "model.query_source=oracle and model.aim_loss need target boxes, which only data.source=world has",
+    )
     _check(
         not (m.mode == "coarse_only" and m.fine_read != "same"),
         f"model.fine_read={m.fine_read} needs model.mode=coarse_fine (coarse_only has no fine pass)",

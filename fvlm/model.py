@@ -221,6 +221,13 @@ class FoveatedVLM(nn.Module):
             self.q_static = nn.Parameter(torch.randn(1, m.query_dim) * m.query_init_std)
         with seeded(seed, "q_init"):
             self.q_init = nn.Parameter(torch.randn(1, m.query_dim) * m.query_init_std)
+        self.llm_to_aim: nn.Linear | None = None
+        self.aim_init: nn.Parameter | None = None
+        if m.aim:  # (x, y) = tanh(linear(h)): zero-initialised, every aim starts at the frame's centre
+            self.llm_to_aim = nn.Linear(d_llm, 2)
+            nn.init.zeros_(self.llm_to_aim.weight)
+            nn.init.zeros_(self.llm_to_aim.bias)
+            self.aim_init = nn.Parameter(torch.zeros(1, 1, 2))
         # visual tokens enter the LLM at the scale of its own input embeddings (0.14 for trained SmolLM2,
         # the init std for a random model), measured rather than hard-coded (upstream 9, caveat 1)
         if m.visual_scale is not None:
@@ -353,11 +360,53 @@ class FoveatedVLM(nn.Module):
         return self._project(z).view(b, t, -1), attn.view(b, t, *attn.shape[1:])
 
     def _fine_queries(self, queries: torch.Tensor) -> torch.Tensor:
-        """Shift by one frame: frame 0 is read with q_init, frame t with the query made after frame t-1."""
-        b = queries.shape[0]
+        """Shift by one frame: frame 0 is read with q_init, frame t with the query made after frame t-1.
+        query_source=static reads every frame with q_static (the coarse read's query, at the fine read's
+        resolution); random with fresh draws."""
+        b, t = queries.shape[:2]
+        if self.cfg.query_source == "static":
+            return self.q_static.expand(b * t, -1).view(b, t, -1)
         if self.cfg.query_source == "random":
             queries = torch.randn_like(queries) * self.cfg.query_init_std
         return torch.cat([self.q_init.expand(b, 1, -1), queries[:, :-1]], dim=1)
+
+    # --- the aim: where the fine read looks, as a position prior on its attention ---
+    def _box_centres(self, boxes: torch.Tensor) -> torch.Tensor:
+        """Boxes [B, T, 4] (pixels) -> centres [B, T, 2] in [-1, 1] (x, y)."""
+        centre = (boxes[..., :2] + boxes[..., 2:]) / 2
+        return (centre / self.frame_size * 2 - 1).float()
+
+    def _aims(self, h: torch.Tensor, boxes: torch.Tensor | None) -> torch.Tensor | None:
+        """(x, y) in [-1, 1] that the fine read of each frame aims at, [B, T, 2] (None without model.aim).
+        Like the queries, frame 0 is read at aim_init and frame t at the aim made after frame t-1; the oracle
+        aims at the true centre of the frame being read, random at uniform draws, static at aim_init."""
+        if self.llm_to_aim is None:
+            return None
+        b, t = h.shape[:2]
+        src = self.cfg.query_source
+        if src == "oracle":
+            return self._box_centres(boxes)
+        if src == "random":
+            return torch.rand(b, t, 2, device=h.device) * 2 - 1
+        first = torch.tanh(self.aim_init).expand(b, 1, 2)
+        if src == "static":
+            return first.expand(b, t, 2)
+        return torch.cat([first, torch.tanh(self.llm_to_aim(h[:, :-1]))], dim=1)
+
+    def _aim_bias(self, aims: torch.Tensor, grid: int) -> torch.Tensor:
+        """aims [..., 2] -> log of a Gaussian prior over the patch centres, [n, 1 + grid^2] (0 for CLS), added
+        to the fine read's attention scores in every layer."""
+        c = (torch.arange(grid, device=aims.device, dtype=torch.float32) + 0.5) / grid * 2 - 1
+        yy, xx = torch.meshgrid(c, c, indexing="ij")  # row-major patches, as box_patch_mask
+        a = aims.reshape(-1, 2).float()
+        d2 = (xx.flatten()[None] - a[:, :1]) ** 2 + (yy.flatten()[None] - a[:, 1:]) ** 2
+        bias = -d2 / (2 * self.cfg.aim_sigma**2)
+        return torch.cat([torch.zeros_like(bias[:, :1]), bias], dim=1)
+
+    def _fine_bias(self, aims: torch.Tensor | None, boxes: torch.Tensor | None, grid: int):
+        if aims is not None:
+            return self._aim_bias(aims, grid)
+        return self._oracle_bias(boxes, grid) if self.cfg.query_source == "oracle" else None
 
     def _stats(self, out: Output, boxes: torch.Tensor | None, grids: dict[str, int]) -> None:
         from fvlm.world import box_patch_mask
@@ -427,18 +476,25 @@ class FoveatedVLM(nn.Module):
             return out
 
         fine_cache = self._fine_cache(frames, cache)
-        bias = self._oracle_bias(boxes, fine_cache.grid) if self.cfg.query_source == "oracle" else None
-        queries = self.llm_to_query(h_coarse_vis)
+        h = h_coarse_vis
         for it in range(self.cfg.fine_iters):
-            v_fine, out.attn_fine = self._read(fine_cache, self._fine_queries(queries), bias)
+            aims = self._aims(h, boxes)
+            bias = self._fine_bias(aims, boxes, fine_cache.grid)
+            v_fine, out.attn_fine = self._read(fine_cache, self._fine_queries(self.llm_to_query(h)), bias)
             if it < self.cfg.fine_iters - 1:
-                queries = self.llm_to_query(self._hidden(v_fine))
+                h = self._hidden(v_fine)
         out.tokens_fine = v_fine
         h_fine = self._hidden(torch.cat([v_fine, text], dim=1))
         out.loss_fine = score(h_fine, "fine")  # scored last, so out.logits are the fine read's
         out.loss = out.loss_fine
         if self.cfg.lambda_coarse > 0:
             out.loss = out.loss + self.cfg.lambda_coarse * out.loss_coarse
+        if aims is not None and boxes is not None:
+            # the aims of frames >= 1 (frame 0's cannot know where to look) against the true centres
+            err = (aims[:, 1:] - self._box_centres(boxes)[:, 1:]).float()
+            out.stats["aim_error"] = float(err.detach().norm(dim=-1).mean())  # half-frames
+            if self.cfg.aim_loss > 0:
+                out.loss = out.loss + self.cfg.aim_loss * err.pow(2).sum(-1).mean()
         self._stats(out, boxes, {"coarse": cache.grid, "fine": fine_cache.grid})
         return out
 
@@ -454,17 +510,27 @@ class FoveatedVLM(nn.Module):
         b, t = frames.shape[:2]
         cache = self._fine_cache(frames, None)
         frame_idx = torch.arange(b * t, device=frames.device).view(b, t)
-        bias = (
-            self._oracle_bias(batch["boxes"], cache.grid).view(b, t, -1)
-            if self.cfg.query_source == "oracle"
+        boxes = batch.get("boxes")
+        src = self.cfg.query_source
+        oracle = (
+            self._oracle_bias(boxes, cache.grid).view(b, t, -1)
+            if src == "oracle" and self.llm_to_aim is None
             else None
         )
-        q = self.q_init.expand(b, -1)
+        q = self.q_init.expand(b, -1) if src != "static" else self.q_static.expand(b, -1)
+        aim = torch.tanh(self.aim_init).reshape(1, 2).expand(b, 2) if self.llm_to_aim is not None else None
         kv = DynamicCache() if use_cache else None
         tokens, maps, hs = [], [], []
         for step in range(t):
             sub = cache.select(frame_idx[:, step])
-            z, attn = self.encoder.attend(sub, q, None if bias is None else bias[:, step])
+            bias = None if oracle is None else oracle[:, step]
+            if self.llm_to_aim is not None:
+                if src == "oracle":
+                    aim = self._box_centres(boxes)[:, step]
+                elif src == "random":
+                    aim = torch.rand(b, 2, device=frames.device) * 2 - 1
+                bias = self._aim_bias(aim, cache.grid)
+            z, attn = self.encoder.attend(sub, q, bias)
             tokens.append(self._project(z).unsqueeze(1))
             maps.append(attn)
             if use_cache:
@@ -473,9 +539,13 @@ class FoveatedVLM(nn.Module):
             else:
                 h_last = self._hidden(torch.cat(tokens, dim=1))[:, -1]
             hs.append(h_last)
+            if src == "static":
+                continue  # q_static and aim_init for every frame
             q = self.llm_to_query(h_last)
-            if self.cfg.query_source == "random":
+            if src == "random":
                 q = torch.randn_like(q) * self.cfg.query_init_std
+            if self.llm_to_aim is not None and src == "llm":
+                aim = torch.tanh(self.llm_to_aim(h_last))
         text = self.llm.get_input_embeddings()(ids)
         if use_cache:
             h_text = self.llm.model(inputs_embeds=text, cache=kv, use_cache=True).last_hidden_state

@@ -73,11 +73,16 @@ def test_unknown_key_in_a_yaml_file_is_an_error(tmp_path):
         ("model.query_init_std=0", "model.query_init_std"),
         ("train.micro_batch=5", "train.micro_batch"),  # does not divide the batch
         ("model.tier=7B", "model.tier"),
+        ("model.aim_loss=1", "model.aim_loss"),  # without model.aim there is no aim to train
+        ("model.aim_sigma=0", "model.aim_sigma"),
+        ("model.fine_read=foveal world.frame_size=24", "model.fine_read"),  # 24 px is not 2 x patch 8 x k
+        ("model.query_source=oracle data.source=shards data.shards=x", "model.query_source"),  # no boxes
+        ("world.task=find", "world.task"),
     ],
 )
 def test_bad_value_names_the_field(override, field):
     with pytest.raises(ConfigError) as e:
-        load_config(BASE, [override])
+        load_config(BASE, override.split())
     assert field in str(e.value)
 
 

@@ -569,3 +569,82 @@ def test_the_foveal_read_sees_detail_that_the_coarse_read_cannot():
     assert torch.allclose(out.loss_coarse, ref.loss_coarse, atol=1e-5)
     assert not torch.allclose(out.attn_fine, ref.attn_fine, atol=1e-4)
     assert not torch.allclose(out.tokens_fine, ref.tokens_fine, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- the aim (model.aim)
+
+
+def _aimed(**overrides):
+    """A cue-world model whose aim head is not at its zero init (so a wrong shift would show)."""
+    model, world = make(**{"world.task": "cue", "model.aim": True, "world.frames": 3, **overrides})
+    with torch.no_grad():
+        model.llm_to_aim.weight.normal_(0, 0.5)
+        model.aim_init.fill_(0.3)
+    return model, world
+
+
+def test_the_aim_is_causal_and_equals_autoregressive_inference():
+    """The aim of frame t comes from the LLM state after frame t-1 (frame 0: aim_init), in the parallel pass
+    and in true inference alike: with fine_iters >= T the two are equal; replacing frames > t leaves the
+    reads of frames <= t unchanged."""
+    model, world = _aimed(**{"model.fine_iters": 3})
+    batch = mixed_batch(world, 4)
+    with torch.no_grad():
+        par, ar = model(batch), model.forward_autoregressive(batch)
+        assert torch.allclose(par.attn_fine, ar.attn_fine, atol=1e-5)
+        assert torch.allclose(par.loss_fine, ar.loss_fine, atol=1e-5)
+        other = world.batch("train", range(100, 104))["frames"]
+        for t in range(2):
+            frames = torch.cat([batch["frames"][:, : t + 1], other[:, t + 1 :]], dim=1)
+            out = model(dict(batch, frames=frames))
+            assert torch.allclose(out.attn_fine[:, : t + 1], par.attn_fine[:, : t + 1], atol=1e-6), t
+            assert not torch.allclose(out.attn_fine[:, t + 1 :], par.attn_fine[:, t + 1 :], atol=1e-4), t
+    aims = model._aims(torch.randn(2, 3, model.llm.config.hidden_size), None)
+    assert torch.allclose(aims[:, 0], torch.tanh(torch.tensor([0.3, 0.3])).expand(2, 2))
+
+
+def test_the_oracle_aim_puts_the_prior_on_the_target_in_the_model_s_own_read():
+    """query_source=oracle with model.aim: the Gaussian prior peaks on a patch the target covers (its
+    true centre), so even an untrained model's fine read lands on the target; a random aim does not."""
+    model, world = make(**{"world.task": "cue", "model.aim": True, "model.query_source": "oracle"})
+    batch = world.batch("train", range(8))
+    grid = world.cfg.frame_size // model.cfg.patch_size
+    centres = model._box_centres(batch["boxes"])
+    bias = model._aim_bias(centres, grid)[:, 1:]  # [B*T, grid^2]
+    from fvlm.world import box_patch_mask
+
+    covered = box_patch_mask(batch["boxes"], grid, world.cfg.frame_size).flatten(0, 1)  # [B*T, grid^2]
+    peak = bias.argmax(-1)
+    assert covered[torch.arange(len(peak)), peak].all()  # the prior's peak is on a patch the target covers
+    with torch.no_grad():
+        oracle = model(batch).stats
+        model.cfg.query_source = "random"
+        rand = model(batch).stats
+    assert oracle["aim_error"] == pytest.approx(0.0, abs=1e-6) and rand["aim_error"] > 0.3
+    assert oracle["attn_on_target_fine"] > 2 * oracle["attn_on_target_chance_fine"]
+    assert oracle["attn_on_target_fine"] > rand["attn_on_target_fine"] + 0.2
+
+
+def test_aim_loss_adds_the_aim_error_to_the_objective_and_static_reads_with_q_static():
+    model, world = _aimed(**{"model.aim_loss": 2.0, "model.lambda_coarse": 0.5})
+    batch = world.batch("train", range(4))
+    with torch.no_grad():
+        out = model(batch)
+        aims = model._aims(
+            model._hidden(
+                model._read(
+                    model._coarse_cache(batch["frames"]),
+                    model.q_static.expand(4 * 3, -1).view(4, 3, -1),
+                    None,
+                )[0]
+            ),
+            None,
+        )
+    err = (aims[:, 1:] - model._box_centres(batch["boxes"])[:, 1:]).pow(2).sum(-1).mean()
+    assert torch.allclose(out.loss, out.loss_fine + 0.5 * out.loss_coarse + 2.0 * err, atol=1e-5)
+    # static: every frame's fine read uses q_static, so with the same patches it equals the coarse read
+    static, world = make(**{"model.query_source": "static"})
+    with torch.no_grad():
+        s = static(world.batch("train", range(4)), compute_coarse=True)
+    assert torch.allclose(s.attn_fine, s.attn_coarse, atol=1e-6)
+    assert torch.allclose(s.loss_fine, s.loss_coarse, atol=1e-5)
