@@ -486,14 +486,19 @@ def _cell(s: str) -> str:
     return str(s).replace("|", "\\|").replace("\n", " ").strip()
 
 
-def log_row(verdict: Verdict, *, experiment: str, hypothesis: str, config: str, date=None) -> str:
-    """One markdown table row: | date | experiment | hypothesis | config | result | impact |"""
+def table_row(experiment: str, hypothesis: str, config: str, result: str, impact: str, date=None) -> str:
+    """One markdown row of the LOG.md table: | date | experiment | hypothesis | config | result | impact |"""
     if date is None:
         date = _dt.date.today().isoformat()
     elif isinstance(date, (_dt.date, _dt.datetime)):
         date = date.strftime("%Y-%m-%d")
-    cells = [date, experiment, hypothesis, config, result_text(verdict), impact_text(verdict)]
+    cells = [date, experiment, hypothesis, config, result, impact]
     return "| " + " | ".join(_cell(c) for c in cells) + " |"
+
+
+def log_row(verdict: Verdict, *, experiment: str, hypothesis: str, config: str, date=None) -> str:
+    """The LOG.md row of one verdict."""
+    return table_row(experiment, hypothesis, config, result_text(verdict), impact_text(verdict), date)
 
 
 def _row_key(line: str) -> str | None:

@@ -293,6 +293,25 @@ def test_ablation_smoke_appends_a_verdict_row(ray_cluster, tmp_path, capsys):
     assert len(runs) == 12 and runs["generation"].nunique() == 2
 
 
+def test_a_query_source_ablation_with_static_and_oracle_arms_reports_the_headroom(
+    ray_cluster, tmp_path, capsys
+):
+    """Static, learned (the baseline) and oracle arms of one ablation bound the learned query: ablate.py
+    prints H with its Fieller interval (or says it is not identified) and logs it as a row."""
+    log = tmp_path / "LOG.md"
+    args = ["--param", "query_source", "--values", "static", "oracle", "--seeds", "2", *SMOKE]
+    assert ablate.main([*args, "--storage", str(tmp_path), "--log", str(log)]) == 0
+    out = capsys.readouterr().out
+    line = [ln for ln in out.splitlines() if ln.startswith("headroom of the learned query: ")]
+    assert (
+        len(line) == 1
+        and ("H = " in line[0] or "H not identified" in line[0])
+        and "2 paired seeds" in line[0]
+    )
+    rows = [ln for ln in log.read_text().splitlines() if "share of the oracle's headroom" in ln]
+    assert len(rows) == 1 and "static / llm / oracle on final_val_loss" in rows[0]
+
+
 def test_wandb_offline_keeps_its_files_in_the_experiment(ray_cluster, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     args = [*SMOKE, "--storage", str(tmp_path), "--tiers", "1", "--budgets", "2.4e9", "--wandb"]

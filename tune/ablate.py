@@ -141,8 +141,9 @@ def expect_for(entry: dict, arm: str) -> str:
 def verdicts(ctx: flags.Context, param: str, entry: dict, cells: list[planning.Cell]) -> list:
     """Verdicts over THIS invocation's cells (the newest trial of each config hash): an experiment folder can
     hold runs of other --set or --values, which must not be paired with these (they made a traceback)."""
+    from analysis.headroom import headroom_from_runs
     from analysis.store import load_store
-    from analysis.verdicts import append_log, format_verdict, log_row, verdicts_from_runs
+    from analysis.verdicts import append_log, format_verdict, log_row, table_row, verdicts_from_runs
     from tune.progress import cell_outcomes
 
     _, runs = load_store(ctx.exp_dir, refresh=True)
@@ -171,7 +172,17 @@ def verdicts(ctx: flags.Context, param: str, entry: dict, cells: list[planning.C
         )
         row = log_row(v, experiment=ctx.name, hypothesis=entry["hypothesis"], config=config)
         appended += bool(append_log(ctx.args.log, row))
-    skipped = len(found) - appended
+    rows = len(found)
+    h = headroom_from_runs(runs, metric=metric, static="static", learned="baseline", oracle="oracle")
+    if h is not None:  # the arms bound the learned query: the share of the oracle's headroom it captures
+        print("\nheadroom of the learned query: " + h.text() + "".join(f"; {n}" for n in h.notes))
+        config = f"{entry['key']}: static / {base} / oracle on {metric}; {_length(ctx)}" + (
+            f"; every arm {context}" if context else ""
+        )
+        hyp = "H = (static - learned) / (static - oracle): the share of the oracle's headroom the LLM query captures"
+        appended += bool(append_log(ctx.args.log, table_row(ctx.name, hyp, config, h.text(), h.impact())))
+        rows += 1
+    skipped = rows - appended
     print(
         f"\n{appended} verdict row(s) appended to {ctx.args.log}"
         + (f"; {skipped} already there (not appended again)" if skipped else "")
