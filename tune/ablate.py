@@ -191,7 +191,7 @@ def verdicts(ctx: flags.Context, param: str, entry: dict, cells: list[planning.C
 
 
 def _length(ctx: flags.Context) -> str:
-    a = ctx.section.get("ablation", {})
+    a = {**ctx.section.get("ablation", {}), **ctx.sets}  # a --set of the length wins, as in the cells
     return ", ".join(
         f"{k}={flags.fmt_value(v)}" for k, v in a.items() if k.startswith(("model.scale", "train.steps"))
     )
