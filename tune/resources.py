@@ -101,25 +101,25 @@ def analytic_memory_mb(cfg: Config, micro_batch: int | None = None) -> tuple[flo
 def run_probe_steps(
     model, opt, data, cfg: Config, micro_batch: int, device: torch.device, steps: int
 ) -> None:
-    """`steps` optimizer steps of `model` at `micro_batch` on the run's training clips, as fvlm.train steps them
-    (zero_grad(set_to_none) first, forward under the run's autocast, backward, AdamW step). When the run
-    accumulates (batch_size > micro_batch) each step takes two micro-batches, so that the second one's
-    activations meet the gradients of the first, as in the loop."""
-    from fvlm.train import autocast, autocast_dtype
+    """`steps` optimizer steps of `model` through fvlm.train's own step (no OOM ladder: an OOM propagates) on
+    the run's training clips. When the run accumulates (batch_size > micro_batch) each step takes two
+    micro-batches, so that the second one's activations meet the gradients of the first, as in the loop."""
+    from fvlm.train import _step, autocast_dtype
 
     amp = autocast_dtype(cfg, device)
-    chunks = 2 if cfg.train.batch_size > micro_batch else 1
-    start = 0
-    for _ in range(steps):
-        opt.zero_grad(set_to_none=True)
-        for _ in range(chunks):
-            batch = data.batch("train", range(start, start + micro_batch), stream_seed=cfg.train.seed)
-            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-            start += micro_batch
-            with autocast(device, amp):
-                loss = model(batch).loss
-            (loss / chunks).backward()
-        opt.step()
+    clips = micro_batch * (2 if cfg.train.batch_size > micro_batch else 1)
+    for i in range(steps):
+        batch = data.batch("train", range(i * clips, (i + 1) * clips), stream_seed=cfg.train.seed)
+        _step(
+            model,
+            model,
+            opt,
+            cfg,
+            batch,
+            {"step": i, "micro_batch": micro_batch, "injected": []},
+            device,
+            amp,
+        )
 
 
 def probe_memory_mb(cfg: Config, micro_batch: int, steps: int = PROBE_STEPS, device: str = "cuda") -> float:
