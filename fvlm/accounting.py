@@ -5,9 +5,9 @@
 
 FLOPs count 2 per multiply-accumulate (true FLOPs, unlike upstream's MAC count) for every matmul and
 attention product the forward pass runs, by the same structure as fvlm/model.py: one DINO patch pass
-(plus a 2x finer one for ``fine_read=hires``; with ``fine_read=foveal`` the
-coarse pass runs on 2x downsampled frames and a second pass on the native ones), ``1 + fine_iters`` query reads, the LLM passes, ``lm_head`` on the
-caption positions, and the reconstruction head. Norms, softmax and elementwise ops are ignored (a few
+(plus a 2x finer one for ``fine_read=hires``; with ``fine_read=foveal`` the coarse pass runs on 2x
+downsampled frames and a second pass on the native ones), ``1 + fine_iters`` query reads, the LLM passes
+(and the aim head with ``model.aim``), ``lm_head`` on the caption positions, and the reconstruction head. Norms, softmax and elementwise ops are ignored (a few
 percent).
 
 Training = forward + backward, and the backward is counted only where gradients flow. For a product

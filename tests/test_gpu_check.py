@@ -24,15 +24,17 @@ def env(tmp_path: Path) -> dict:
     return out
 
 
+def run(args: list[str], tmp_path: Path, timeout: int) -> subprocess.CompletedProcess:
+    """The check as a user runs it: from the repo root, its output in the test's folder."""
+    return subprocess.run(args, cwd=REPO, env=env(tmp_path), capture_output=True, text=True, timeout=timeout)
+
+
 def test_the_script_runs_the_cpu_dry_mode_into_one_results_file(tmp_path):
     parts = "env,build,train,joint,probe"
-    res = subprocess.run(
+    res = run(
         ["bash", "bench/gpu_check.sh", "--cpu-dry", "--parts", parts, "--work", str(tmp_path / "work")],
-        cwd=REPO,
-        env=env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=300,
+        tmp_path,
+        300,
     )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["gpu_check.json", "gpu_check.log"]
@@ -52,23 +54,8 @@ def test_the_script_runs_the_cpu_dry_mode_into_one_results_file(tmp_path):
 
 def test_without_cuda_the_check_says_so_and_skips_the_gpu_parts(tmp_path):
     out = tmp_path / "r.json"
-    res = subprocess.run(
-        [
-            sys.executable,
-            "bench/gpu_check.py",
-            "--parts",
-            "env,build",
-            "--out",
-            str(out),
-            "--work",
-            str(tmp_path),
-        ],
-        cwd=REPO,
-        env=env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    args = [sys.executable, "bench/gpu_check.py", "--parts", "env,build", "--out", str(out)]
+    res = run([*args, "--work", str(tmp_path)], tmp_path, 120)
     assert res.returncode == 3, res.stdout + res.stderr
     r = json.loads(out.read_text())
     assert r["ok"] is False and r["parts"]["env"]["cuda_available"] is False
@@ -80,15 +67,8 @@ def test_without_cuda_the_check_says_so_and_skips_the_gpu_parts(tmp_path):
 @pytest.mark.slow
 def test_the_cpu_dry_packing_part_runs_one_then_four_trials_through_the_harness(tmp_path):
     out = tmp_path / "r.json"
-    res = subprocess.run(
-        [sys.executable, "bench/gpu_check.py", "--cpu-dry", "--parts", "build,packing", "--out", str(out)]
-        + ["--work", str(tmp_path / "work")],
-        cwd=REPO,
-        env=env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
+    args = [sys.executable, "bench/gpu_check.py", "--cpu-dry", "--parts", "build,packing", "--out", str(out)]
+    res = run([*args, "--work", str(tmp_path / "work")], tmp_path, 400)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     pack = json.loads(out.read_text())["parts"]["packing"]
     assert pack["ok"] and pack["method"].startswith("tune/scaling_grid.py")

@@ -621,6 +621,10 @@ def test_the_oracle_aim_puts_the_prior_on_the_target_in_the_model_s_own_read():
         model.cfg.query_source = "random"
         rand = model(batch).stats
     assert oracle["aim_error"] == pytest.approx(0.0, abs=1e-6) and rand["aim_error"] > 0.3
+    # model.aim_sigma is live: a wider prior spreads the same aimed read (its bias is sigma^2-scaled)
+    wide = model._aim_bias(centres, grid)
+    model.cfg.aim_sigma *= 2
+    assert torch.allclose(model._aim_bias(centres, grid), wide / 4)
     assert oracle["attn_on_target_fine"] > 2 * oracle["attn_on_target_chance_fine"]
     assert oracle["attn_on_target_fine"] > rand["attn_on_target_fine"] + 0.2
 
